@@ -1,0 +1,211 @@
+"""Hub-layout checkpoints: load (single or sharded safetensors, bf16 or ModelOpt FP8) and save, atomically.
+
+Loading builds the model on the meta device, then allocates each parameter once, directly in its final dtype and
+device, and fills it tensor by tensor from the safetensors files: a large model is never materialised twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from ..model.config import NemotronHConfig
+from .adapter import QUANT_AUX_SUFFIXES, from_hf, to_hf
+
+FP32_PARAM_SUFFIXES = ("A_log", "D", "dt_bias", "gate.weight", "gate.e_score_correction_bias")
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json")
+FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+
+
+def parse_size(size: int | str) -> int:
+    """'5GB' / '500MB' / 1000 -> bytes."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", size, re.I)
+    if not m:
+        raise ValueError(f"max_shard_size: cannot parse {size!r} (examples: '5GB', '500MB', 1000000)")
+    unit = (m.group(2) or "B").upper()
+    mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+    return int(float(m.group(1)) * mult)
+
+
+def _weight_files(path: Path) -> list[Path]:
+    index = path / INDEX_NAME
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{index}: not a safetensors index ({e})") from e
+        files = sorted(set(weight_map.values()))
+        missing = [f for f in files if not (path / f).exists()]
+        if missing:
+            raise ValueError(f"{index}: lists shard files that are not there: {missing}")
+        return [path / f for f in files]
+    if (path / SINGLE_NAME).exists():
+        return [path / SINGLE_NAME]
+    raise ValueError(f"{path}: no {SINGLE_NAME} or {INDEX_NAME}")
+
+
+def iter_hub_tensors(path: Path) -> Iterator[tuple[str, Tensor, str]]:
+    """(key, tensor, file) for every weight, with ModelOpt FP8 weights dequantised (weight.float() * weight_scale)."""
+    for file in _weight_files(path):
+        with safe_open(str(file), framework="pt") as f:
+            keys = set(f.keys())
+            for key in sorted(keys):
+                if key.endswith(QUANT_AUX_SUFFIXES):
+                    continue
+                t = f.get_tensor(key)
+                if t.dtype in FP8_DTYPES:
+                    scale_key = key[: -len("weight")] + "weight_scale" if key.endswith("weight") else None
+                    if scale_key not in keys:
+                        raise ValueError(f"{file.name}: {key} is {t.dtype} but has no {scale_key} to dequantise it")
+                    t = t.float() * f.get_tensor(scale_key).float()
+                yield key, t, file.name
+
+
+def _materialise(model: nn.Module, dtype: torch.dtype, device: torch.device | str) -> None:
+    """Replace meta parameters by empty tensors in their final dtype (fp32 for the SSM dynamics and router)."""
+    for mod_name, mod in model.named_modules():
+        for pname, p in list(mod._parameters.items()):
+            if p is None or not p.is_meta:
+                continue
+            full = f"{mod_name}.{pname}" if mod_name else pname
+            dt = torch.float32 if full.endswith(FP32_PARAM_SUFFIXES) else dtype
+            mod._parameters[pname] = nn.Parameter(torch.empty(p.shape, dtype=dt, device=device),
+                                                  requires_grad=p.requires_grad)
+
+
+@torch.no_grad()
+def load_state_dict_into(model: nn.Module, path: str | Path, strict: bool = True) -> None:
+    """Fill `model`'s parameters from a Hub-layout directory; every problem is listed in one error."""
+    path = Path(path)
+    params = dict(model.named_parameters())
+    filled: dict[str, set[int] | bool] = {}
+    unexpected, misshaped = [], []
+    for key, t, file in iter_hub_tensors(path):
+        name, expert = from_hf(key)
+        p = params.get(name)
+        if p is None:
+            unexpected.append(f"{key} ({file})")
+            continue
+        target = p[expert] if expert is not None and expert < p.shape[0] else (None if expert is not None else p)
+        if target is None or tuple(target.shape) != tuple(t.shape):
+            want = tuple(target.shape) if target is not None else f"expert index < {p.shape[0]}"
+            misshaped.append(f"{key} ({file}): stored {tuple(t.shape)}, model wants {want}")
+            continue
+        target.copy_(t)
+        if expert is None:
+            filled[name] = True
+        else:
+            filled.setdefault(name, set()).add(expert)  # type: ignore[union-attr]
+    missing = []
+    for name, p in params.items():
+        got = filled.get(name)
+        if got is None:
+            missing.append(name)
+        elif isinstance(got, set) and len(got) != p.shape[0]:
+            missing.extend(f"{name.rsplit('.', 1)[0]}.{j}.{name.rsplit('.', 1)[1]}.weight"
+                           for j in range(p.shape[0]) if j not in got)
+    problems = []
+    if missing:
+        problems.append(f"missing tensors ({len(missing)}): {missing[:20]}{' ...' if len(missing) > 20 else ''}")
+    if misshaped:
+        problems.append(f"mis-shaped tensors ({len(misshaped)}): {misshaped[:20]}")
+    if unexpected and strict:
+        problems.append(f"unexpected tensors ({len(unexpected)}): {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}")
+    if problems:
+        raise ValueError(f"{path}: checkpoint does not match the config:\n  " + "\n  ".join(problems))
+
+
+def load_pretrained(cls: type, path: str | Path, dtype: torch.dtype = torch.bfloat16,
+                    device: str | torch.device = "cpu", **config_overrides: Any) -> Any:
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path}: not a checkpoint directory")
+    config = NemotronHConfig.from_pretrained(path)
+    if config_overrides:
+        config = config.replace(**config_overrides)
+    # Saving writes bf16 weights: the FP8 scales are folded in on load.
+    config.extra.pop("quantization_config", None)
+    with torch.device("meta"):
+        model = cls(config)
+    _materialise(model, dtype, device)
+    load_state_dict_into(model, path)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.backbone.embeddings.weight
+    model.source_dir = path
+    return model.eval()
+
+
+def _shards(tensors: list[tuple[str, Tensor]], limit: int) -> list[list[tuple[str, Tensor]]]:
+    shards: list[list[tuple[str, Tensor]]] = [[]]
+    size = 0
+    for key, t in tensors:
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append((key, t))
+        size += nbytes
+    return shards
+
+
+def save_pretrained(model: nn.Module, path: str | Path, max_shard_size: int | str = "5GB",
+                    dtype: torch.dtype | None = None, tokenizer_dir: str | Path | None = None) -> None:
+    """Write config.json, safetensors (sharded with an index above `max_shard_size`) and the tokenizer files into a
+    temporary directory beside `path`, then swap it into place: a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    limit = parse_size(max_shard_size)
+    tensors = []
+    for key, t in to_hf(model):
+        if dtype is not None and t.is_floating_point() and not key.endswith(FP32_PARAM_SUFFIXES):
+            t = t.to(dtype)
+        tensors.append((key, t.detach().contiguous().cpu()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        shards = _shards(tensors, limit)
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = SINGLE_NAME if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(dict(shard), str(tmp / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k, _ in shard})
+        if len(shards) > 1:
+            total = sum(t.numel() * t.element_size() for _, t in tensors)
+            (tmp / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                     indent=2, sort_keys=True))
+        cfg = model.config.to_dict()
+        cfg["dtype"] = str(dtype or model.lm_head.weight.dtype).replace("torch.", "")
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        src = Path(tokenizer_dir) if tokenizer_dir is not None else getattr(model, "source_dir", None)
+        if src is not None:
+            for f in TOKENIZER_FILES:
+                if (Path(src) / f).exists():
+                    shutil.copy2(Path(src) / f, tmp / f)
+        _swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """rename(tmp -> path); an existing checkpoint is moved aside first and deleted only after the swap."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.rename(path, old)
+    os.rename(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,54 @@
+"""GQA self-attention with no positional encoding, through scaled_dot_product_attention.
+
+Legend: b batch, T new tokens, S keys (cached + new), nh query heads, nkv kv heads, hd head dim.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import NemotronHConfig
+from .context import ForwardContext
+
+
+class Attention(nn.Module):
+    def __init__(self, config: NemotronHConfig, layer_idx: int):
+        super().__init__()
+        c = config
+        self.layer_idx = layer_idx
+        self.nh, self.nkv, self.hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.q_proj = nn.Linear(c.hidden_size, self.nh * self.hd, bias=c.attention_bias)
+        self.k_proj = nn.Linear(c.hidden_size, self.nkv * self.hd, bias=c.attention_bias)
+        self.v_proj = nn.Linear(c.hidden_size, self.nkv * self.hd, bias=c.attention_bias)
+        self.o_proj = nn.Linear(self.nh * self.hd, c.hidden_size, bias=c.attention_bias)
+
+    def forward(self, x: Tensor, ctx: ForwardContext) -> Tensor:
+        b, T, _ = x.shape
+        q = self.q_proj(x).view(b, T, self.nh, self.hd).transpose(1, 2)    # (b,nh,T,hd)
+        k = self.k_proj(x).view(b, T, self.nkv, self.hd).transpose(1, 2)   # (b,nkv,T,hd)
+        v = self.v_proj(x).view(b, T, self.nkv, self.hd).transpose(1, 2)
+        cache = ctx.cache
+        if cache is not None:
+            k, v, mask = self._update_cache(cache, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        elif ctx.seq_idx is not None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.packed_attention_mask(), enable_gqa=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(b, T, self.nh * self.hd))
+
+    def _update_cache(self, cache, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Write the new K/V at each row's own offset; return all keys so far and the causal mask (b,1,T,S)."""
+        T = k.shape[2]
+        slots = cache.slots
+        start = cache.lengths[slots]                                         # (b,)
+        pos = start[:, None] + torch.arange(T, device=k.device)              # (b,T) absolute positions
+        kc, vc = cache.k[self.layer_idx], cache.v[self.layer_idx]
+        # advanced indices (slot, pos) around a slice put their dims first: value is (b,T,nkv,hd)
+        kc[slots[:, None], :, pos] = k.transpose(1, 2).to(kc.dtype)
+        vc[slots[:, None], :, pos] = v.transpose(1, 2).to(vc.dtype)
+        S = int(pos.max()) + 1
+        keys = torch.arange(S, device=k.device)
+        mask = (keys[None, None, :] <= pos[:, :, None])[:, None]            # (b,1,T,S)
+        return kc[slots, :, :S].to(k.dtype), vc[slots, :, :S].to(v.dtype), mask

@@ -1,0 +1,51 @@
+"""HybridCache: decode state for every layer of a nemotron_h model, one row per sequence slot.
+
+Attention layers keep K and V: (S, n_kv, T_max, hd). Mamba layers keep the last K-1 conv inputs (S, K-1, C) and the
+SSM state (S, H, P, N) in fp32. `lengths[s]` counts the tokens already in slot s. A forward with a cache processes
+rows `slots` (default: all rows, in order) and advances their lengths; rows of one call may have different lengths.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .config import NemotronHConfig
+
+
+class HybridCache:
+    def __init__(self, config: NemotronHConfig, num_slots: int, max_seq_len: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        self.num_slots, self.max_seq_len = num_slots, max_seq_len
+        self.lengths = torch.zeros(num_slots, dtype=torch.long, device=device)
+        self.k: dict[int, Tensor] = {}
+        self.v: dict[int, Tensor] = {}
+        self.conv: dict[int, Tensor] = {}
+        self.ssm: dict[int, Tensor] = {}
+        c = config
+        for i, kind in enumerate(c.block_types):
+            if kind == "attention":
+                shape = (num_slots, c.num_key_value_heads, max_seq_len, c.head_dim)
+                self.k[i] = torch.zeros(shape, dtype=dtype, device=device)
+                self.v[i] = torch.zeros(shape, dtype=dtype, device=device)
+            elif kind == "mamba":
+                self.conv[i] = torch.zeros(num_slots, c.conv_kernel - 1, c.mamba_conv_dim, dtype=dtype, device=device)
+                self.ssm[i] = torch.zeros(num_slots, c.mamba_num_heads, c.mamba_head_dim, c.ssm_state_size,
+                                          dtype=torch.float32, device=device)
+        self.slots: Tensor = torch.arange(num_slots, device=device)  # rows of the current forward
+
+    def begin(self, slots: Tensor | None, num_new: int) -> None:
+        """Select the slots for the next forward and check there is room for `num_new` tokens each."""
+        self.slots = torch.arange(self.num_slots, device=self.lengths.device) if slots is None else slots
+        longest = int(self.lengths[self.slots].max()) + num_new
+        if longest > self.max_seq_len:
+            raise ValueError(f"cache: {longest} tokens exceed max_seq_len={self.max_seq_len}")
+
+    def end(self, num_new: int) -> None:
+        self.lengths[self.slots] += num_new
+
+    def reset(self, slots: Tensor | list[int] | None = None) -> None:
+        """Free slots for new sequences: zero their Mamba state and length (stale KV is masked by length)."""
+        idx = slice(None) if slots is None else torch.as_tensor(slots, device=self.lengths.device)
+        self.lengths[idx] = 0
+        for t in (*self.conv.values(), *self.ssm.values()):
+            t[idx] = 0

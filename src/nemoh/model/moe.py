@@ -1,0 +1,122 @@
+"""Sigmoid-routed mixture of experts with a shared expert and optional latent projections.
+
+Legend: n tokens (b*T flattened), D hidden, L expert input size (moe_latent_size or D), E experts, k experts per
+token, F expert intermediate size. Experts are stacked: up_proj (E,F,L), down_proj (E,L,F), the layout grouped GEMMs
+and expert parallelism want; the Hub's per-expert tensors are mapped in checkpoint/adapter.py.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .config import NemotronHConfig
+from .context import ForwardContext
+from .layers import MLP, relu2
+
+
+def select_experts(scores: Tensor, bias: Tensor, k: int, n_group: int, topk_group: int) -> Tensor:
+    """Group-limited top-k on bias-corrected scores (n,E) -> ids (n,k). The bias steers selection only."""
+    n, E = scores.shape
+    corrected = scores + bias
+    if n_group > 1:
+        grouped = corrected.view(n, n_group, E // n_group)
+        group_score = grouped.topk(2, dim=-1).values.sum(-1)                # (n, n_group)
+        keep = group_score.topk(topk_group, dim=-1, sorted=False).indices
+        group_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)
+        corrected = grouped.masked_fill(~group_mask[..., None], float("-inf")).view(n, E)
+    return corrected.topk(k, dim=-1, sorted=False).indices
+
+
+class Router(nn.Module):
+    """fp32 sigmoid router. Weights are the *uncorrected* scores at the chosen experts, optionally normalised to
+    sum 1, times routed_scaling_factor (leaving that at 1.0 is the known MoE logprob drift)."""
+
+    def __init__(self, config: NemotronHConfig):
+        super().__init__()
+        c = config
+        self.weight = nn.Parameter(torch.zeros(c.n_routed_experts, c.hidden_size))
+        self.e_score_correction_bias = nn.Parameter(torch.zeros(c.n_routed_experts), requires_grad=False)
+        self.k, self.n_group, self.topk_group = c.num_experts_per_tok, c.n_group, c.topk_group
+        self.norm_topk_prob, self.scale = c.norm_topk_prob, c.routed_scaling_factor
+
+    def forward(self, x: Tensor, replay_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x (n,D) -> weights (n,k) fp32, ids (n,k). With replay_ids the ids are given, the weights still come from
+        the live router so it keeps its gradient (rollout routing replay)."""
+        scores = torch.sigmoid(x.float() @ self.weight.float().t())        # (n,E)
+        if replay_ids is None:
+            with torch.no_grad():
+                ids = select_experts(scores, self.e_score_correction_bias.float(), self.k, self.n_group, self.topk_group)
+        else:
+            if replay_ids.shape != (x.shape[0], self.k):
+                raise ValueError(f"routed_experts: expected shape {(x.shape[0], self.k)} for this layer, got {tuple(replay_ids.shape)}")
+            ids = replay_ids.to(device=x.device, dtype=torch.long)
+        w = scores.gather(1, ids)
+        if self.norm_topk_prob:
+            w = w / (w.sum(-1, keepdim=True) + 1e-20)
+        return w * self.scale, ids
+
+
+def experts_loop(x: Tensor, ids: Tensor, w: Tensor, up: Tensor, down: Tensor) -> Tensor:
+    """Sort (token, expert) pairs by expert, run each used expert on its contiguous slice, scatter back.
+    x (n,L), ids/w (n,k), up (E,F,L), down (E,L,F) -> (n,L). Accumulates in fp32 like the reference."""
+    n, k = ids.shape
+    flat = ids.reshape(-1)
+    order = torch.argsort(flat, stable=True)                               # (n*k,) grouped by expert
+    token = order // k
+    counts = torch.bincount(flat, minlength=up.shape[0]).tolist()          # one host sync per layer
+    xs = x[token]                                                          # (n*k, L)
+    outs, start = [], 0
+    for e, cnt in enumerate(counts):
+        if cnt:
+            h = relu2(xs[start:start + cnt] @ up[e].t())                  # (cnt, F)
+            outs.append(h @ down[e].t())                                  # (cnt, L)
+            start += cnt
+    ys = torch.cat(outs) if outs else x.new_zeros(0, x.shape[1])
+    ys = ys.float() * w.reshape(-1)[order, None]
+    return torch.zeros(n, x.shape[1], dtype=torch.float32, device=x.device).index_add_(0, token, ys).to(x.dtype)
+
+
+# Token-dispatch implementations, chosen by name (a grouped-GEMM kernel slots in here).
+EXPERT_IMPLS: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]] = {"loop": experts_loop}
+
+
+class Experts(nn.Module):
+    def __init__(self, config: NemotronHConfig, impl: str = "loop"):
+        super().__init__()
+        c = config
+        E, F, L = c.n_routed_experts, c.moe_intermediate_size, c.moe_input_size
+        self.up_proj = nn.Parameter(torch.empty(E, F, L).normal_(std=c.initializer_range))
+        self.down_proj = nn.Parameter(torch.empty(E, L, F).normal_(std=c.initializer_range))
+        self.impl = EXPERT_IMPLS[impl]
+
+    def forward(self, x: Tensor, ids: Tensor, w: Tensor) -> Tensor:
+        return self.impl(x, ids, w, self.up_proj, self.down_proj)
+
+
+class MoE(nn.Module):
+    def __init__(self, config: NemotronHConfig, layer_idx: int):
+        super().__init__()
+        c = config
+        self.layer_idx = layer_idx
+        self.gate = Router(c)
+        self.experts = Experts(c)
+        self.shared_experts = MLP(c.hidden_size, c.moe_shared_expert_intermediate_size, c.mlp_bias)
+        self.latent = c.moe_latent_size is not None
+        if self.latent:
+            self.fc1_latent_proj = nn.Linear(c.hidden_size, c.moe_latent_size, bias=c.mlp_bias)
+            self.fc2_latent_proj = nn.Linear(c.moe_latent_size, c.hidden_size, bias=c.mlp_bias)
+
+    def forward(self, x: Tensor, ctx: ForwardContext) -> Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])                                    # (n,D)
+        replay = ctx.replay.get(self.layer_idx) if ctx.replay is not None else None
+        w, ids = self.gate(flat, replay)
+        if ctx.capture_routing:
+            ctx.routing[self.layer_idx] = ids.detach()
+        h = self.fc1_latent_proj(flat) if self.latent else flat            # (n,L)
+        h = self.experts(h, ids, w)
+        if self.latent:
+            h = self.fc2_latent_proj(h)
+        return (h + self.shared_experts(flat)).view(shape)
