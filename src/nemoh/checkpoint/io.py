@@ -104,11 +104,11 @@ def load_state_dict_into(model: nn.Module, path: str | Path, strict: bool = True
         if target is None or tuple(target.shape) != tuple(t.shape):
             want = tuple(target.shape) if target is not None else f"expert index < {p.shape[0]}"
             misshaped.append(f"{key} ({file}): stored {tuple(t.shape)}, model wants {want}")
-            continue
-        target.copy_(t)
+        else:
+            target.copy_(t)
         if expert is None:
             filled[name] = True
-        else:
+        elif expert < p.shape[0]:
             filled.setdefault(name, set()).add(expert)  # type: ignore[union-attr]
     missing = []
     for name, p in params.items():

@@ -200,7 +200,7 @@ class NemotronHConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "NemotronHConfig":
         d = dict(raw)
-        mt = d.get("model_type", "nemotron_h")
+        mt = d.pop("model_type", "nemotron_h")
         if mt != "nemotron_h":
             raise ValueError(f"model_type: expected 'nemotron_h', got {mt!r}")
         for old, new in LEGACY_ALIASES.items():

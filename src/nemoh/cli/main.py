@@ -1,0 +1,39 @@
+"""The `nemoh` command line: one subcommand per job, each a small function registered in COMMANDS."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from . import model_cmds
+
+# name -> (add_arguments, run)
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "demo": (model_cmds.add_demo_args, model_cmds.run_demo),
+    "init-tiny": (model_cmds.add_init_tiny_args, model_cmds.run_init_tiny),
+    "info": (model_cmds.add_info_args, model_cmds.run_info),
+    "presets": (lambda p: None, model_cmds.run_presets),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nemoh", description="Run, serve, fine-tune and RL-train Nemotron-3 models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_args, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=(run.__doc__ or "").strip().splitlines()[0])
+        add_args(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args._run(args)
+    except ValueError as e:  # bad input: one clear line, no traceback
+        print(f"nemoh {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
