@@ -66,14 +66,12 @@ def experts_loop(x: Tensor, ids: Tensor, w: Tensor, up: Tensor, down: Tensor) ->
     order = torch.argsort(flat, stable=True)                               # (n*k,) grouped by expert
     token = order // k
     counts = torch.bincount(flat, minlength=up.shape[0]).tolist()          # one host sync per layer
-    xs = x[token]                                                          # (n*k, L)
-    outs, start = [], 0
-    for e, cnt in enumerate(counts):
-        if cnt:
-            h = relu2(xs[start:start + cnt] @ up[e].t())                  # (cnt, F)
-            outs.append(h @ down[e].t())                                  # (cnt, L)
-            start += cnt
-    ys = torch.cat(outs) if outs else x.new_zeros(0, x.shape[1])
+    # split (not slicing) so that autograd concatenates the slice gradients instead of zero-filling a full
+    # (n*k, L) buffer per expert
+    xs = torch.split(x[token], counts)                                     # E x (count_e, L)
+    ups, downs = up.unbind(0), down.unbind(0)                              # unbind: one stacked grad, not E zero-fills
+    outs = [relu2(xe @ ups[e].t()) @ downs[e].t() for e, xe in enumerate(xs) if xe.shape[0]]
+    ys = torch.cat(outs) if outs else x.new_zeros(0, x.shape[1])          # (n*k, L)
     ys = ys.float() * w.reshape(-1)[order, None]
     return torch.zeros(n, x.shape[1], dtype=torch.float32, device=x.device).index_add_(0, token, ys).to(x.dtype)
 

@@ -1,0 +1,131 @@
+"""Forward and forward+backward throughput: nemoh vs transformers' NemotronH on the same config and weights.
+
+    python bench/bench_model.py [--config ../shared/bench/nemotron_h_medium.json] [--batch 4 --seq 512]
+                                [--dtypes float32 bfloat16] [--device cpu|cuda] [--iters 3]
+
+Both models are built in this process from one checkpoint (written by transformers' save_pretrained), timed
+alternately, and the ratio nemoh / transformers is printed, plus the share of this machine's measured matmul peak.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nemoh import NemotronHForCausalLM
+from nemoh.model.config import NemotronHConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, iters: int = 5) -> float:
+    """Measured dense matmul FLOP/s: the machine's practical peak for this dtype."""
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    sync(device)
+    return 2 * n ** 3 * iters / (time.perf_counter() - t)
+
+
+def flops_per_token(c: NemotronHConfig, seq: int) -> float:
+    """Forward matmul FLOPs per token (2 per MAC), active experts only, attention scores included."""
+    D, macs = c.hidden_size, 0.0
+    for kind in c.block_types:
+        if kind == "mamba":
+            macs += D * (c.mamba_intermediate + c.mamba_conv_dim + c.mamba_num_heads) + c.mamba_intermediate * D
+            # SSD: intra-chunk C·B and y, chunk states, state output (per token, approximately)
+            macs += c.mamba_num_heads * (c.chunk_size * (c.ssm_state_size / (c.mamba_num_heads // c.n_groups) + c.mamba_head_dim)
+                                         + 2 * c.mamba_head_dim * c.ssm_state_size)
+        elif kind == "attention":
+            hd = c.head_dim
+            macs += D * hd * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
+            macs += c.num_attention_heads * hd * seq  # q·k and p·v, causal half of 2*seq
+        elif kind == "mlp":
+            macs += 2 * D * c.intermediate_size
+        elif kind == "moe":
+            L = c.moe_input_size
+            macs += D * c.n_routed_experts + 2 * D * c.moe_shared_expert_intermediate_size
+            macs += c.num_experts_per_tok * 2 * L * c.moe_intermediate_size
+            if c.moe_latent_size:
+                macs += 2 * D * L
+    macs += D * c.vocab_size
+    return 2 * macs
+
+
+def time_fn(fn, device: str, iters: int) -> float:
+    fn()  # warm-up
+    sync(device)
+    best = float("inf")
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default=str(ROOT.parent / "shared" / "bench" / "nemotron_h_medium.json"))
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--iters", type=int, default=3)
+    args = ap.parse_args()
+    from transformers import NemotronHConfig as RefConfig, NemotronHForCausalLM as RefModel
+
+    raw = json.loads(Path(args.config).read_text())
+    cfg = NemotronHConfig.from_dict(raw)
+    device = args.device
+    print(f"# {platform.node()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, device {device}"
+          + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""))
+    print(f"# config {Path(args.config).name}: pattern {cfg.hybrid_override_pattern}, batch {args.batch} x {args.seq}")
+    tokens = args.batch * args.seq
+    fpt = flops_per_token(cfg, args.seq)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        RefModel(RefConfig(**{k: v for k, v in raw.items() if k != "architectures"})).save_pretrained(tmp)
+        for dname in args.dtypes:
+            dtype = getattr(torch, dname)
+            ref = RefModel.from_pretrained(tmp, dtype=dtype).to(device)
+            ours = NemotronHForCausalLM.from_pretrained(tmp, dtype=dtype, device=device, mamba_dt_clamp=True)
+            ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=device)
+            peak = matmul_peak(dtype, device)
+            rows = []
+            for mode in ("forward", "forward+backward"):
+                def step(m, logits_of):
+                    if mode == "forward":
+                        with torch.no_grad():
+                            logits_of(m)
+                    else:
+                        m.zero_grad(set_to_none=True)
+                        logits_of(m).float().logsumexp(-1).mean().backward()
+                t_ref = time_fn(lambda: step(ref.train(mode != "forward"), lambda m: m(ids).logits), device, args.iters)
+                t_ours = time_fn(lambda: step(ours.train(mode != "forward"), lambda m: m(ids).logits), device, args.iters)
+                flops = fpt * tokens * (1 if mode == "forward" else 3)
+                rows.append((mode, tokens / t_ref, tokens / t_ours, t_ref / t_ours, flops / t_ours / peak))
+            print(f"\n## {dname}: matmul peak {peak / 1e9:.1f} GFLOP/s; model {fpt / 1e6:.1f} MFLOP/token forward")
+            print("| pass | transformers tok/s | nemoh tok/s | nemoh / transformers | nemoh share of matmul peak |")
+            print("|---|---|---|---|---|")
+            for mode, a, b, r, share in rows:
+                print(f"| {mode} | {a:,.0f} | {b:,.0f} | {r:.2f}x | {share:.0%} |")
+            del ref, ours
+
+
+if __name__ == "__main__":
+    main()
