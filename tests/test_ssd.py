@@ -41,3 +41,24 @@ def test_step_continues_a_scan():
     for t in range(30, 37):
         y, s = ssd_step(s, x[:, t], dt[:, t], A, B[:, t], C[:, t], D)
         assert (y - y_all[:, t]).abs().max() < 1e-4
+
+
+def test_causal_conv_matches_conv1d_with_gradients():
+    from nemoh.model.mamba import causal_conv
+    x = torch.randn(2, 19, 6, requires_grad=True)
+    w = torch.randn(6, 4, requires_grad=True)
+    bias = torch.randn(6, requires_grad=True)
+    out, state = causal_conv(x, w, bias, None, None)
+    ref = F.conv1d(F.pad(x.transpose(1, 2), (3, 0)), w[:, None], bias, groups=6).transpose(1, 2)
+    assert (out - ref).abs().max() < 1e-5 and torch.equal(state, x[:, -3:])
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, w, bias), g)
+    want = torch.autograd.grad(ref, (x, w, bias), g)
+    assert all((a - b).abs().max() < 1e-4 for a, b in zip(grads, want))
+    # packed: a document's taps stop at its first token
+    seq = torch.tensor([[0] * 7 + [1] * 12] * 2)
+    out, _ = causal_conv(x, w, bias, None, seq)
+    alone, _ = causal_conv(x[:, 7:], w, bias, None, None)
+    assert (out[:, 7:] - alone).abs().max() < 1e-5
+    torch.autograd.gradcheck(lambda a, b_, c: causal_conv(a, b_, c, None, seq[:1, :10])[0],
+                             (x.double()[:1, :10], w.double(), bias.double()))

@@ -96,6 +96,8 @@ class NemotronHConfig:
     # Reproduce transformers' prefill, which clamps dt >= time_step_min in its chunked path only.
     # Off by default: vLLM and NVIDIA's own kernels do not clamp (see docs/nemotron_h.md).
     mamba_dt_clamp: bool = False
+    # Runtime choice, not written to config.json: "torch" (eager) or "compile" (torch.compile'd scan).
+    scan_impl: str = "torch"
     # MoE
     n_routed_experts: int = 8
     num_experts_per_tok: int = 2
@@ -164,6 +166,8 @@ class NemotronHConfig:
                     f"experts reachable in topk_group={self.topk_group} groups")
             if self.moe_latent_size is not None:
                 positive("moe_latent_size")
+        if self.scan_impl not in ("torch", "compile"):
+            raise ValueError(f"scan_impl: unknown {self.scan_impl!r}; choose 'torch' or 'compile'")
         for n, allowed in (("mlp_hidden_act", "relu2"), ("mamba_hidden_act", "silu")):
             if getattr(self, n) != allowed:
                 raise ValueError(f"{n}: only {allowed!r} is supported, got {getattr(self, n)!r}")
@@ -243,7 +247,7 @@ class NemotronHConfig:
         out.setdefault("architectures", ["NemotronHForCausalLM"])
         out["model_type"] = "nemotron_h"
         for f in dataclasses.fields(self):
-            if f.name in ("block_types", "mtp_block_types", "extra", "mamba_dt_clamp"):
+            if f.name in ("block_types", "mtp_block_types", "extra", "mamba_dt_clamp", "scan_impl"):
                 continue
             out[f.name] = getattr(self, f.name)
         out["time_step_limit"] = [_json_safe(v) for v in self.time_step_limit]

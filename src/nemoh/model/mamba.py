@@ -12,31 +12,60 @@ from torch import Tensor, nn
 from .config import NemotronHConfig
 from .context import ForwardContext
 from .layers import GatedRMSNorm
-from .ssd import ssd_scan, ssd_step
+from .ssd import get_scan, ssd_step
+
+
+class _ShiftConv(torch.autograd.Function):
+    """out[:, t] = bias + sum_k w[:, k] * xp[:, t+k] * mask[:, t, k]: a depthwise conv as K multiply-adds into one
+    buffer, channels-last. Hand-written backward: autograd on slices would zero-fill a full-size gradient per tap."""
+
+    @staticmethod
+    def forward(ctx, xp: Tensor, w: Tensor, bias: Tensor | None, mask: Tensor | None) -> Tensor:  # type: ignore[override]
+        K = w.shape[-1]
+        T = xp.shape[1] - K + 1
+        out = torch.empty_like(xp[:, :T]) if bias is None else bias.to(xp.dtype).expand_as(xp[:, :T]).clone()
+        if bias is None:
+            out.zero_()
+        for k in range(K):
+            tap = xp[:, k:k + T] if mask is None else xp[:, k:k + T] * mask[:, :, k, None]
+            out.addcmul_(tap, w[:, k])
+        ctx.save_for_backward(xp, w, mask)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        xp, w, mask = ctx.saved_tensors
+        K = w.shape[-1]
+        T = g.shape[1]
+        g = g.contiguous()
+        gxp = torch.zeros_like(xp) if ctx.needs_input_grad[0] else None
+        gw = torch.empty_like(w) if ctx.needs_input_grad[1] else None
+        for k in range(K):
+            gk = g if mask is None else g * mask[:, :, k, None]
+            if gxp is not None:
+                gxp[:, k:k + T].addcmul_(gk, w[:, k])
+            if gw is not None:
+                gw[:, k] = (gk * xp[:, k:k + T]).sum((0, 1))
+        gb = g.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gxp, gw, gb, None
 
 
 def causal_conv(x: Tensor, weight: Tensor, bias: Tensor | None, state: Tensor | None,
                 seq_idx: Tensor | None) -> tuple[Tensor, Tensor]:
     """Depthwise causal conv over time. x (b,T,C), weight (C,K), state (b,K-1,C) = inputs before x (zeros if None).
-    With seq_idx (b,T), taps never reach into an earlier document. Returns out (b,T,C) and the new state (b,K-1,C).
-    Written as K shifted multiply-adds in channels-last layout: on CPU this beats a depthwise conv1d (whose
-    backward is slow) and needs no transposes."""
+    With seq_idx (b,T), taps never reach into an earlier document. Returns out (b,T,C) and the new state (b,K-1,C)."""
     b, T, Cdim = x.shape
     K = weight.shape[-1]
     if state is None:
-        state = x.new_zeros(b, K - 1, Cdim)
-    xp = torch.cat([state.to(x.dtype), x], dim=1)                          # (b, K-1+T, C)
-    w = weight.to(x.dtype)
+        xp = F.pad(x, (0, 0, K - 1, 0))                                    # (b, K-1+T, C)
+    else:
+        xp = torch.cat([state.to(x.dtype), x], dim=1)
+    mask = None
     if seq_idx is not None:  # the cached state belongs to the row's first document
         sp = torch.cat([seq_idx[:, :1].expand(b, K - 1), seq_idx], dim=1)  # (b, K-1+T)
-    out = xp[:, K - 1:] * w[:, K - 1]                                      # tap 0: the token itself
-    for k in range(K - 1):                                                 # tap K-1-k looks back K-1-k tokens
-        tap = xp[:, k:k + T] * w[:, k]
-        if seq_idx is not None:
-            tap = tap * (sp[:, k:k + T] == seq_idx)[..., None].to(x.dtype)
-        out = out + tap
-    if bias is not None:
-        out = out + bias.to(x.dtype)
+        mask = (sp.unfold(1, K, 1) == seq_idx[..., None]).to(x.dtype)     # (b, T, K)
+    out = _ShiftConv.apply(xp, weight.to(x.dtype), bias, mask)
     new_state = xp[:, T:]                                                  # last K-1 inputs
     if seq_idx is not None:
         new_state = new_state * (sp[:, T:] == seq_idx[:, -1:])[..., None].to(x.dtype)
@@ -51,6 +80,7 @@ class Mamba2Mixer(nn.Module):
         self.H, self.P, self.G, self.N = c.mamba_num_heads, c.mamba_head_dim, c.n_groups, c.ssm_state_size
         self.I, self.C = c.mamba_intermediate, c.mamba_conv_dim
         self.chunk_size = c.chunk_size
+        self.scan_impl = c.scan_impl
         self.dt_limit = c.time_step_limit
         self.dt_clamp_min = c.time_step_min if c.mamba_dt_clamp else None
         self.in_proj = nn.Linear(c.hidden_size, self.I + self.C + self.H, bias=c.mamba_proj_bias)
@@ -86,7 +116,7 @@ class Mamba2Mixer(nn.Module):
         else:
             if self.dt_clamp_min is not None:  # transformers' prefill-only clamp, kept for exact parity
                 dt = dt.clamp(min=self.dt_clamp_min)
-            y, ssm_state = ssd_scan(x, dt, A, B, C, self.chunk_size, D, ssm_state, ctx.seq_idx)
+            y, ssm_state = get_scan(self.scan_impl)(x, dt, A, B, C, self.chunk_size, D, ssm_state, ctx.seq_idx)
         if cache is not None:
             cache.conv[self.layer_idx][cache.slots] = conv_state.to(cache.conv[self.layer_idx].dtype)
             cache.ssm[self.layer_idx][cache.slots] = ssm_state

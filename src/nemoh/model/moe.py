@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import NemotronHConfig
@@ -59,21 +60,23 @@ class Router(nn.Module):
 
 
 def experts_loop(x: Tensor, ids: Tensor, w: Tensor, up: Tensor, down: Tensor) -> Tensor:
-    """Sort (token, expert) pairs by expert, run each used expert on its contiguous slice, scatter back.
-    x (n,L), ids/w (n,k), up (E,F,L), down (E,L,F) -> (n,L). Accumulates in fp32 like the reference."""
+    """Sort (token, expert) pairs by expert, run each used expert on its contiguous slice, un-sort, sum the k.
+    x (n,L), ids/w (n,k), up (E,F,L), down (E,L,F) -> (n,L). The router weight scales the expert's hidden (F)
+    before down_proj (linear, so the same sum, on the narrower tensor); the k outputs are summed in fp32."""
     n, k = ids.shape
     flat = ids.reshape(-1)
     order = torch.argsort(flat, stable=True)                               # (n*k,) grouped by expert
-    token = order // k
     counts = torch.bincount(flat, minlength=up.shape[0]).tolist()          # one host sync per layer
-    # split (not slicing) so that autograd concatenates the slice gradients instead of zero-filling a full
-    # (n*k, L) buffer per expert
-    xs = torch.split(x[token], counts)                                     # E x (count_e, L)
-    ups, downs = up.unbind(0), down.unbind(0)                              # unbind: one stacked grad, not E zero-fills
-    outs = [relu2(xe @ ups[e].t()) @ downs[e].t() for e, xe in enumerate(xs) if xe.shape[0]]
-    ys = torch.cat(outs) if outs else x.new_zeros(0, x.shape[1])          # (n*k, L)
-    ys = ys.float() * w.reshape(-1)[order, None]
-    return torch.zeros(n, x.shape[1], dtype=torch.float32, device=x.device).index_add_(0, token, ys).to(x.dtype)
+    # embedding = a fast gather with a fast backward; split (not slicing) and unbind keep autograd from
+    # zero-filling a full-size gradient buffer per expert
+    xs = torch.split(F.embedding(order // k, x), counts)                   # E x (count_e, L)
+    ws = torch.split(w.reshape(-1)[order], counts)
+    ups, downs = up.unbind(0), down.unbind(0)
+    outs = [(relu2(xe @ ups[e].t()) * ws[e][:, None].to(x.dtype)) @ downs[e].t()
+            for e, xe in enumerate(xs) if xe.shape[0]]
+    ys = torch.cat(outs) if outs else x.new_zeros(0, x.shape[1])           # (n*k, L), sorted by expert
+    unsort = torch.argsort(order)
+    return F.embedding(unsort, ys).view(n, k, -1).sum(1, dtype=torch.float32).to(x.dtype)
 
 
 # Token-dispatch implementations, chosen by name (a grouped-GEMM kernel slots in here).
