@@ -261,6 +261,8 @@ class NemotronHConfig:
     @classmethod
     def from_json_file(cls, path: str | Path) -> "NemotronHConfig":
         path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such config file (a checkpoint directory needs a config.json)")
         try:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:
