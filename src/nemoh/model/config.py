@@ -96,7 +96,8 @@ class NemotronHConfig:
     # Reproduce transformers' prefill, which clamps dt >= time_step_min in its chunked path only.
     # Off by default: vLLM and NVIDIA's own kernels do not clamp (see docs/nemotron_h.md).
     mamba_dt_clamp: bool = False
-    # Runtime choice, not written to config.json: "torch" (eager) or "compile" (torch.compile'd scan).
+    # Runtime choice, not written to config.json: "torch" (eager) or "compile" (the Mamba mixer's work between
+    # in_proj and out_proj -- conv, scan, gated norm -- through torch.compile; training/prefill only).
     scan_impl: str = "torch"
     # MoE
     n_routed_experts: int = 8

@@ -20,20 +20,22 @@ class RMSNorm(nn.Module):
         return (self.weight.float() * h).to(x.dtype)
 
 
-class GatedRMSNorm(nn.Module):
-    """Mamba2's output norm: y * silu(z), normalised per group of `dim / groups` channels, times weight.
+def gated_rms_norm(y: Tensor, z: Tensor, weight: Tensor, groups: int, eps: float, out_dtype: torch.dtype) -> Tensor:
+    """Mamba2's output norm: y * silu(z), normalised per group of `dim / groups` channels, times weight, in fp32.
     The gate comes before the norm (norm_before_gate=False in mamba_ssm terms)."""
+    h = y.float() * F.silu(z.float())
+    h = h.unflatten(-1, (groups, -1))                                      # (..., G, I/G)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight.float() * h.flatten(-2)).to(out_dtype)
+
+
+class GatedRMSNorm(nn.Module):
+    """Holds the gated norm's weight (Hub name `mixer.norm.weight`); the math is `gated_rms_norm`."""
 
     def __init__(self, dim: int, groups: int, eps: float = 1e-5):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.groups, self.eps = groups, eps
-
-    def forward(self, y: Tensor, z: Tensor, out_dtype: torch.dtype) -> Tensor:
-        h = y.float() * F.silu(z.float())
-        h = h.unflatten(-1, (self.groups, -1))                               # (..., G, I/G)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight.float() * h.flatten(-2)).to(out_dtype)
 
 
 def relu2(x: Tensor) -> Tensor:

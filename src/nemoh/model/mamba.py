@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from .config import NemotronHConfig
 from .context import ForwardContext
-from .layers import GatedRMSNorm
-from .ssd import get_scan, ssd_step
+from .layers import GatedRMSNorm, gated_rms_norm
+from .ssd import ssd_scan, ssd_step
 
 
 class _ShiftConv(torch.autograd.Function):
@@ -79,13 +79,13 @@ class Mamba2Mixer(nn.Module):
         self.layer_idx = layer_idx
         self.H, self.P, self.G, self.N = c.mamba_num_heads, c.mamba_head_dim, c.n_groups, c.ssm_state_size
         self.I, self.C = c.mamba_intermediate, c.mamba_conv_dim
-        self.chunk_size = c.chunk_size
+        self.dims = (self.H, self.P, self.G, self.N, c.chunk_size)
         self.scan_impl = c.scan_impl
         self.dt_limit = c.time_step_limit
         self.dt_clamp_min = c.time_step_min if c.mamba_dt_clamp else None
         self.in_proj = nn.Linear(c.hidden_size, self.I + self.C + self.H, bias=c.mamba_proj_bias)
         self.conv1d = nn.Conv1d(self.C, self.C, c.conv_kernel, groups=self.C, bias=c.use_conv_bias)
-        # A_log, D, dt_bias stay fp32 whatever the model dtype (see model.py `_keep_fp32`).
+        # A_log, D, dt_bias stay fp32 whatever the model dtype (model.FP32_PARAM_SUFFIXES).
         self.A_log = nn.Parameter(torch.log(torch.arange(1, self.H + 1, dtype=torch.float32)))
         self.D = nn.Parameter(torch.ones(self.H))
         self.dt_bias = nn.Parameter(torch.ones(self.H))
@@ -93,32 +93,59 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(self.I, c.hidden_size, bias=c.mamba_proj_bias)
 
     def forward(self, u: Tensor, ctx: ForwardContext) -> Tensor:
-        b, T, _ = u.shape
         cache = ctx.cache
-        z, xBC, dt = self.in_proj(u).split([self.I, self.C, self.H], dim=-1)
+        zxbcdt = self.in_proj(u)
         conv_state = cache.conv[self.layer_idx][cache.slots] if cache is not None else None
-        xBC, conv_state = causal_conv(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, conv_state, ctx.seq_idx)
-        xBC = F.silu(xBC)
-        x, B, C = xBC.split([self.I, self.G * self.N, self.G * self.N], dim=-1)
-        x = x.view(b, T, self.H, self.P)
-        B, C = B.view(b, T, self.G, self.N), C.view(b, T, self.G, self.N)
-
-        dt = F.softplus(dt.float() + self.dt_bias.float())                 # (b,T,H) fp32
-        lo, hi = self.dt_limit
-        if lo > 0.0 or hi != float("inf"):
-            dt = dt.clamp(lo, hi)
-        A = -torch.exp(self.A_log.float())
-        D = self.D.float()
         ssm_state = cache.ssm[self.layer_idx][cache.slots] if cache is not None else None
-        if cache is not None and T == 1:
-            y, ssm_state = ssd_step(ssm_state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D)
-            y = y[:, None]
-        else:
-            if self.dt_clamp_min is not None:  # transformers' prefill-only clamp, kept for exact parity
-                dt = dt.clamp(min=self.dt_clamp_min)
-            y, ssm_state = get_scan(self.scan_impl)(x, dt, A, B, C, self.chunk_size, D, ssm_state, ctx.seq_idx)
+        inner = get_inner(self.scan_impl) if cache is None else mamba_inner
+        y, conv_state, ssm_state = inner(
+            zxbcdt, self.conv1d.weight[:, 0], self.conv1d.bias, self.dt_bias, self.A_log, self.D, self.norm.weight,
+            conv_state, ssm_state, ctx.seq_idx, self.dims, self.dt_limit, self.dt_clamp_min, self.norm.eps,
+            decode=cache is not None and u.shape[1] == 1)
         if cache is not None:
             cache.conv[self.layer_idx][cache.slots] = conv_state.to(cache.conv[self.layer_idx].dtype)
             cache.ssm[self.layer_idx][cache.slots] = ssm_state
-        y = self.norm(y.reshape(b, T, self.I), z, u.dtype)                 # (b,T,I)
         return self.out_proj(y)
+
+
+def mamba_inner(zxbcdt: Tensor, conv_w: Tensor, conv_b: Tensor | None, dt_bias: Tensor, A_log: Tensor, D: Tensor,
+                norm_w: Tensor, conv_state: Tensor | None, ssm_state: Tensor | None, seq_idx: Tensor | None,
+                dims: tuple[int, int, int, int, int], dt_limit: tuple[float, float], dt_clamp_min: float | None,
+                eps: float, decode: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Everything between in_proj and out_proj, as one function so that it can be compiled as a whole.
+    zxbcdt (b,T,I+C+H) -> y (b,T,I) in the input dtype, new conv state (b,K-1,C), new SSM state (b,H,P,N)."""
+    H, P, G, N, chunk = dims
+    b, T, _ = zxbcdt.shape
+    I = H * P
+    z, xBC, dt = zxbcdt.split([I, I + 2 * G * N, H], dim=-1)
+    xBC, conv_state = causal_conv(xBC, conv_w, conv_b, conv_state, seq_idx)
+    xBC = F.silu(xBC)
+    x, B, C = xBC.split([I, G * N, G * N], dim=-1)
+    x = x.view(b, T, H, P)
+    B, C = B.view(b, T, G, N), C.view(b, T, G, N)
+    dt = F.softplus(dt.float() + dt_bias.float())                          # (b,T,H) fp32
+    lo, hi = dt_limit
+    if lo > 0.0 or hi != float("inf"):
+        dt = dt.clamp(lo, hi)
+    A = -torch.exp(A_log.float())
+    if decode:
+        y, ssm_state = ssd_step(ssm_state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D.float())
+        y = y[:, None]
+    else:
+        if dt_clamp_min is not None:  # transformers' prefill-only clamp, kept for exact parity
+            dt = dt.clamp(min=dt_clamp_min)
+        y, ssm_state = ssd_scan(x, dt, A, B, C, chunk, D.float(), ssm_state, seq_idx)
+    return gated_rms_norm(y.reshape(b, T, I), z, norm_w, G, eps, zxbcdt.dtype), conv_state, ssm_state
+
+
+_COMPILED_INNER = None
+
+
+def get_inner(scan_impl: str):
+    """The inner function by `scan_impl`: eager, or compiled once (torch.compile fuses its elementwise work)."""
+    global _COMPILED_INNER
+    if scan_impl == "torch":
+        return mamba_inner
+    if _COMPILED_INNER is None:
+        _COMPILED_INNER = torch.compile(mamba_inner, dynamic=None)
+    return _COMPILED_INNER

@@ -120,21 +120,3 @@ def ssd_ref(
         ys.append(y)
     return torch.stack(ys, dim=1), state
 
-
-def _compiled_scan():
-    global _COMPILED
-    if _COMPILED is None:
-        _COMPILED = torch.compile(ssd_scan, dynamic=None)
-    return _COMPILED
-
-
-_COMPILED = None
-# Scan implementations by name (config field `scan_impl`). "compile" fuses the scan's elementwise work with
-# torch.compile (about 2x on the scan alone, on CPU and GPU; a one-off compile per new shape); "torch" is eager.
-SCAN_IMPLS = {"torch": lambda: ssd_scan, "compile": _compiled_scan}
-
-
-def get_scan(name: str):
-    if name not in SCAN_IMPLS:
-        raise ValueError(f"scan_impl: unknown {name!r}; choose one of {sorted(SCAN_IMPLS)}")
-    return SCAN_IMPLS[name]()
