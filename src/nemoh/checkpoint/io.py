@@ -19,9 +19,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..model.config import NemotronHConfig
+from ..model.model import FP32_PARAM_SUFFIXES
 from .adapter import QUANT_AUX_SUFFIXES, from_hf, to_hf
 
-FP32_PARAM_SUFFIXES = ("A_log", "D", "dt_bias", "gate.weight", "gate.e_score_correction_bias")
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
