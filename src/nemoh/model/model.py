@@ -127,8 +127,8 @@ class NemotronHForCausalLM(nn.Module):
         logits_to_keep: int = 0,
     ) -> CausalLMOutput:
         """input_ids (b,T). Packed documents: `cu_seqlens` (one row) or `seq_idx` (b,T). Decode: `cache` (+ rows
-        `cache_slots`). R3: `routed_experts` (m,b,T,k) replaces each MoE layer's top-k; `return_routing` returns the
-        chosen ids in the same layout. `logits_to_keep=n` computes logits for the last n positions only."""
+        `cache_slots`). R3: `routed_experts` (m,b,T,k) replaces each MoE layer's top-k (positions holding -1 keep the
+        router's own choice); `return_routing` returns the chosen ids in the same layout. `logits_to_keep=n` computes logits for the last n positions only."""
         b, T = input_ids.shape
         if cu_seqlens is not None:
             if b != 1:

@@ -46,13 +46,14 @@ class Router(nn.Module):
         """x (n,D) -> weights (n,k) fp32, ids (n,k). With replay_ids the ids are given, the weights still come from
         the live router so it keeps its gradient (rollout routing replay)."""
         scores = torch.sigmoid(x.float() @ self.weight.float().t())        # (n,E)
-        if replay_ids is None:
-            with torch.no_grad():
-                ids = select_experts(scores, self.e_score_correction_bias.float(), self.k, self.n_group, self.topk_group)
-        else:
+        with torch.no_grad():
+            ids = select_experts(scores, self.e_score_correction_bias.float(), self.k, self.n_group, self.topk_group)
+        if replay_ids is not None:
             if replay_ids.shape != (x.shape[0], self.k):
                 raise ValueError(f"routed_experts: expected shape {(x.shape[0], self.k)} for this layer, got {tuple(replay_ids.shape)}")
-            ids = replay_ids.to(device=x.device, dtype=torch.long)
+            # rows of -1 (e.g. the last token, which the rollout never fed) keep the live choice
+            replay_ids = replay_ids.to(device=x.device, dtype=torch.long)
+            ids = torch.where(replay_ids[:, :1] >= 0, replay_ids, ids)
         w = scores.gather(1, ids)
         if self.norm_topk_prob:
             w = w / (w.sum(-1, keepdim=True) + 1e-20)

@@ -1,3 +1,4 @@
 from .tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_tokenizer, save_tiny_tokenizer
+from .tokenizer import Tokenizer
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_tiny_tokenizer", "save_tiny_tokenizer"]
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "Tokenizer", "build_tiny_tokenizer", "save_tiny_tokenizer"]

@@ -13,14 +13,37 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<think>
 NUM_RESERVED = 16  # byte tokens start here; ids 11..15 are free for later special tokens
 
 # ChatML as the Nemotron-3 template renders it: an assistant turn opens with <think>, or with an empty
-# <think></think> when enable_thinking is false.
+# <think></think> when enable_thinking is false; tools are listed in the system turn and tool calls use the
+# qwen3_coder XML form. Unlike the reference template, non-string arguments are written as JSON (true, not True).
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['role'] == 'assistant' and message.get('reasoning_content') %}"
-    "<think>\n{{ message['reasoning_content'] }}\n</think>\n"
+    "{% set ns = namespace(start=0) %}"
+    "{% if tools %}"
+    "<|im_start|>system\n"
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n\n{% set ns.start = 1 %}{% endif %}"
+    "# Tools\n\nYou have access to the following functions:\n\n<tools>"
+    "{% for tool in tools %}\n{{ (tool['function'] if tool['function'] is defined else tool) | tojson }}{% endfor %}"
+    "\n</tools>\n\nTo call a function, reply with:\n<tool_call>\n<function=example_function_name>\n"
+    "<parameter=example_parameter_1>\nvalue_1\n</parameter>\n</function>\n</tool_call><|im_end|>\n"
     "{% endif %}"
-    "{{ message['content'] }}<|im_end|>\n"
+    "{% for message in messages[ns.start:] %}"
+    "{% if message['role'] == 'tool' %}"
+    "<|im_start|>user\n<tool_response>\n{{ message['content'] }}\n</tool_response><|im_end|>\n"
+    "{% else %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] == 'assistant' %}"
+    "{% if message.get('reasoning_content') %}<think>\n{{ message['reasoning_content'] }}\n</think>\n"
+    "{% elif enable_thinking is defined and enable_thinking is false %}<think></think>{% endif %}"
+    "{% endif %}"
+    "{{ message['content'] or '' }}"
+    "{% for call in message.get('tool_calls') or [] %}"
+    "{% set f = call['function'] if call['function'] is defined else call %}"
+    "{% set args = f['arguments'] | fromjson if f['arguments'] is string else f['arguments'] %}"
+    "<tool_call>\n<function={{ f['name'] }}>\n"
+    "{% for k, v in args.items() %}<parameter={{ k }}>\n{{ v if v is string else v | tojson }}\n</parameter>\n{% endfor %}"
+    "</function>\n</tool_call>"
+    "{% endfor %}"
+    "<|im_end|>\n"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}"
     "<|im_start|>assistant\n"

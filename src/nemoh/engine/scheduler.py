@@ -1,0 +1,41 @@
+"""Scheduler: a waiting queue and a fixed set of cache slots. Requests are admitted whole (all n samples of a
+request at once, so they can share one prefill) as soon as enough slots are free: continuous batching."""
+from __future__ import annotations
+
+from collections import deque
+
+from .sequence import Sequence, Status
+
+
+class Scheduler:
+    def __init__(self, num_slots: int):
+        self.num_slots = num_slots
+        self.free_slots = list(range(num_slots))[::-1]
+        self.waiting: deque[list[Sequence]] = deque()   # one entry per request: its n sequences
+        self.running: list[Sequence] = []
+
+    def add(self, group: list[Sequence]) -> None:
+        if len(group) > self.num_slots:
+            raise ValueError(f"n: {len(group)} samples exceed the engine's max_num_seqs={self.num_slots}")
+        self.waiting.append(group)
+
+    def admit(self) -> list[list[Sequence]]:
+        """Move waiting requests into free slots, in arrival order; returns the newly admitted groups."""
+        admitted = []
+        while self.waiting and len(self.waiting[0]) <= len(self.free_slots):
+            group = self.waiting.popleft()
+            for seq in group:
+                seq.slot = self.free_slots.pop()
+                seq.status = Status.RUNNING
+            self.running.extend(group)
+            admitted.append(group)
+        return admitted
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        seq.status = Status.FINISHED
+        seq.finish_reason = reason
+        self.running.remove(seq)
+        self.free_slots.append(seq.slot)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
