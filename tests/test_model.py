@@ -125,3 +125,18 @@ def test_compiled_scan_matches_eager(model):
     ids = torch.randint(0, 300, (2, 24))
     with torch.no_grad():
         assert (m(ids).logits - model(ids).logits).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("impl", ["padded", "loop"])
+def test_expert_dispatch_implementations_agree(impl):
+    from nemoh.model.moe import EXPERT_IMPLS, relu2
+    E, L, Fd, n, k = 6, 8, 5, 7, 2
+    x, up, down = torch.randn(n, L), torch.randn(E, Fd, L), torch.randn(E, L, Fd)
+    ids = torch.stack([torch.randperm(E)[:k] for _ in range(n)])
+    w = torch.rand(n, k)
+    want = torch.zeros(n, L)
+    for t in range(n):  # the definition, token by token
+        for j in range(k):
+            e = int(ids[t, j])
+            want[t] += w[t, j] * (relu2(x[t] @ up[e].t()) @ down[e].t())
+    assert (EXPERT_IMPLS[impl](x, ids, w, up, down) - want).abs().max() < 1e-4

@@ -113,16 +113,20 @@ class LLM:
     def step(self) -> list[StepEvent]:
         events: list[StepEvent] = []
         fresh: set[int] = set()
-        for group in self.scheduler.admit():
-            want = group[0].params.return_routed_experts
-            logits, routing = self.runner.prefill(group[0].prompt_token_ids, group[0].slot, want)
-            self.runner.fork(group[0].slot, [s.slot for s in group[1:]])
-            for seq in group:
-                if routing is not None:
-                    seq.routed_experts.append(routing)
-                fresh.add(seq.seq_id)
-            events += self._sample_and_append(group, logits.expand(len(group), -1), None)
-        running = [s for s in self.scheduler.running if s.seq_id not in fresh]
+        admitted = self.scheduler.admit()
+        if admitted:  # one batched prefill for the first sample of every new request; the others fork from it
+            firsts = [g[0] for g in admitted]
+            want = any(s.params.return_routed_experts for s in firsts)
+            logits, routing = self.runner.prefill([s.prompt_token_ids for s in firsts], [s.slot for s in firsts], want)
+            for j, group in enumerate(admitted):
+                self.runner.fork(group[0].slot, [s.slot for s in group[1:]])
+                for seq in group:
+                    if routing is not None and seq.params.return_routed_experts:
+                        seq.routed_experts.append(routing[j])
+                    fresh.add(seq.seq_id)
+                events += self._sample_and_append(group, logits[j].expand(len(group), -1), None)
+        # in slot order, so that a full or contiguous batch reads the cache through views
+        running = sorted((s for s in self.scheduler.running if s.seq_id not in fresh), key=lambda s: s.slot)
         if running:
             want = any(s.params.return_routed_experts for s in running)
             logits, routing = self.runner.decode([s.last_token for s in running], [s.slot for s in running], want)

@@ -15,14 +15,21 @@ class ModelRunner:
         self.cache = HybridCache(model.config, max_num_seqs, max_model_len, dtype=dtype, device=model.device)
 
     @torch.inference_mode()
-    def prefill(self, token_ids: list[int], slot: int, want_routing: bool) -> tuple[Tensor, Tensor | None]:
-        """Run one prompt into `slot` (reset first). Returns last-position logits (V,) and routing (m, T, k)."""
-        self.cache.reset([slot])
-        ids = torch.tensor([token_ids], device=self.model.device)
-        out = self.model(ids, cache=self.cache, cache_slots=torch.tensor([slot], device=ids.device),
-                         return_routing=want_routing, logits_to_keep=1)
-        routing = out.routed_experts[:, 0] if out.routed_experts is not None else None
-        return out.logits[0, -1], routing
+    def prefill(self, prompts: list[list[int]], slots: list[int], want_routing: bool) -> tuple[Tensor, list[Tensor] | None]:
+        """Run prompts into their (reset) slots in one right-padded batch. Returns each prompt's last-position
+        logits (b,V) and, when asked, each prompt's routing (m, T_i, k)."""
+        self.cache.reset(slots)
+        lengths = [len(p) for p in prompts]
+        T = max(lengths)
+        ids = torch.zeros(len(prompts), T, dtype=torch.long, device=self.model.device)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = torch.tensor(p)
+        out = self.model(ids, cache=self.cache, cache_slots=torch.tensor(slots, device=ids.device),
+                         lengths=torch.tensor(lengths, device=ids.device), return_routing=want_routing)
+        routing = None
+        if out.routed_experts is not None:
+            routing = [out.routed_experts[:, i, :n] for i, n in enumerate(lengths)]
+        return out.logits[:, -1], routing
 
     @torch.inference_mode()
     def decode(self, last_tokens: list[int], slots: list[int], want_routing: bool) -> tuple[Tensor, Tensor | None]:

@@ -24,6 +24,7 @@ class Scheduler:
         admitted = []
         while self.waiting and len(self.waiting[0]) <= len(self.free_slots):
             group = self.waiting.popleft()
+            self.free_slots.sort(reverse=True)  # lowest free slots first: running slots stay contiguous
             for seq in group:
                 seq.slot = self.free_slots.pop()
                 seq.status = Status.RUNNING

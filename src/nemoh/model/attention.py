@@ -44,11 +44,12 @@ class Attention(nn.Module):
         slots = cache.slots
         start = cache.lengths[slots]                                         # (b,)
         pos = start[:, None] + torch.arange(T, device=k.device)              # (b,T) absolute positions
-        kc, vc = cache.k[self.layer_idx], cache.v[self.layer_idx]
+        kc, vc = cache.k[self.layer_idx], cache.v[self.layer_idx]             # (slots,nkv,T_max,hd)
         # advanced indices (slot, pos) around a slice put their dims first: value is (b,T,nkv,hd)
         kc[slots[:, None], :, pos] = k.transpose(1, 2).to(kc.dtype)
         vc[slots[:, None], :, pos] = v.transpose(1, 2).to(vc.dtype)
         S = int(pos.max()) + 1
         keys = torch.arange(S, device=k.device)
         mask = (keys[None, None, :] <= pos[:, :, None])[:, None]            # (b,1,T,S)
-        return kc[slots, :, :S].to(k.dtype), vc[slots, :, :S].to(v.dtype), mask
+        # a view for a contiguous run of slots, else a gather of the first S positions only
+        return kc[cache.index, :, :S].to(k.dtype), vc[cache.index, :, :S].to(v.dtype), mask

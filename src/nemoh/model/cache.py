@@ -32,16 +32,31 @@ class HybridCache:
                 self.ssm[i] = torch.zeros(num_slots, c.mamba_num_heads, c.mamba_head_dim, c.ssm_state_size,
                                           dtype=torch.float32, device=device)
         self.slots: Tensor = torch.arange(num_slots, device=device)  # rows of the current forward
+        self.index: slice | Tensor = slice(0, num_slots)
+        self.new_tokens: Tensor | int = 0
 
-    def begin(self, slots: Tensor | None, num_new: int) -> None:
-        """Select the slots for the next forward and check there is room for `num_new` tokens each."""
+    def begin(self, slots: Tensor | None, num_new: int, lengths: Tensor | None = None) -> None:
+        """Select the slots for the next forward and check there is room. `lengths` (b,) are the real token counts
+        of right-padded rows (default: all `num_new`)."""
         self.slots = torch.arange(self.num_slots, device=self.lengths.device) if slots is None else slots
+        s = self.slots.tolist()
+        # a contiguous run of slots is read and updated through a view: no gather/scatter of the states
+        self.index: slice | Tensor = slice(s[0], s[-1] + 1) if s == list(range(s[0], s[0] + len(s))) else self.slots
+        self.new_tokens = lengths if lengths is not None else num_new
         longest = int(self.lengths[self.slots].max()) + num_new
         if longest > self.max_seq_len:
             raise ValueError(f"cache: {longest} tokens exceed max_seq_len={self.max_seq_len}")
 
-    def end(self, num_new: int) -> None:
-        self.lengths[self.slots] += num_new
+    def read(self, t: Tensor) -> Tensor:
+        return t[self.index]
+
+    def write(self, t: Tensor, value: Tensor) -> None:
+        if isinstance(self.index, slice) and value.data_ptr() == t[self.index].data_ptr():
+            return  # updated in place through the view
+        t[self.index] = value.to(t.dtype)
+
+    def end(self) -> None:
+        self.lengths[self.slots] += self.new_tokens
 
     def reset(self, slots: Tensor | list[int] | None = None) -> None:
         """Free slots for new sequences: zero their Mamba state and length (stale KV is masked by length)."""

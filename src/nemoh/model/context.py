@@ -15,11 +15,13 @@ class ForwardContext:
 
     seq_idx: (b, T) document index per token for packed rows (non-decreasing), or None for one document per row.
     cache: decode state; when set, attention reads/writes KV and Mamba reads/writes conv + SSM state.
+    lengths: (b,) real lengths of right-padded rows (batched prefill into a cache).
     replay: per MoE layer index, expert ids (b*T, k) to use instead of the router's own top-k.
     routing: filled by MoE layers when `capture_routing`: layer index -> chosen ids (b*T, k).
     """
 
     seq_idx: Tensor | None = None
+    lengths: Tensor | None = None
     cache: HybridCache | None = None
     replay: dict[int, Tensor] | None = None
     capture_routing: bool = False

@@ -52,7 +52,7 @@ class _ShiftConv(torch.autograd.Function):
 
 
 def causal_conv(x: Tensor, weight: Tensor, bias: Tensor | None, state: Tensor | None,
-                seq_idx: Tensor | None) -> tuple[Tensor, Tensor]:
+                seq_idx: Tensor | None, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Depthwise causal conv over time. x (b,T,C), weight (C,K), state (b,K-1,C) = inputs before x (zeros if None).
     With seq_idx (b,T), taps never reach into an earlier document. Returns out (b,T,C) and the new state (b,K-1,C)."""
     b, T, Cdim = x.shape
@@ -66,7 +66,11 @@ def causal_conv(x: Tensor, weight: Tensor, bias: Tensor | None, state: Tensor | 
         sp = torch.cat([seq_idx[:, :1].expand(b, K - 1), seq_idx], dim=1)  # (b, K-1+T)
         mask = (sp.unfold(1, K, 1) == seq_idx[..., None]).to(x.dtype)     # (b, T, K)
     out = _ShiftConv.apply(xp, weight.to(x.dtype), bias, mask)
-    new_state = xp[:, T:]                                                  # last K-1 inputs
+    if lengths is not None:  # right-padded rows: the last K-1 *real* inputs
+        idx = lengths[:, None] + torch.arange(K - 1, device=x.device)      # (b, K-1) positions in xp
+        new_state = xp[torch.arange(b, device=x.device)[:, None], idx]
+    else:
+        new_state = xp[:, T:]                                              # last K-1 inputs
     if seq_idx is not None:
         new_state = new_state * (sp[:, T:] == seq_idx[:, -1:])[..., None].to(x.dtype)
     return out, new_state
@@ -95,30 +99,32 @@ class Mamba2Mixer(nn.Module):
     def forward(self, u: Tensor, ctx: ForwardContext) -> Tensor:
         cache = ctx.cache
         zxbcdt = self.in_proj(u)
-        conv_state = cache.conv[self.layer_idx][cache.slots] if cache is not None else None
-        ssm_state = cache.ssm[self.layer_idx][cache.slots] if cache is not None else None
+        conv_state = cache.read(cache.conv[self.layer_idx]) if cache is not None else None
+        ssm_state = cache.read(cache.ssm[self.layer_idx]) if cache is not None else None
         inner = get_inner(self.scan_impl) if cache is None else mamba_inner
         y, conv_state, ssm_state = inner(
             zxbcdt, self.conv1d.weight[:, 0], self.conv1d.bias, self.dt_bias, self.A_log, self.D, self.norm.weight,
             conv_state, ssm_state, ctx.seq_idx, self.dims, self.dt_limit, self.dt_clamp_min, self.norm.eps,
-            decode=cache is not None and u.shape[1] == 1)
+            decode=cache is not None and u.shape[1] == 1, lengths=ctx.lengths)
         if cache is not None:
-            cache.conv[self.layer_idx][cache.slots] = conv_state.to(cache.conv[self.layer_idx].dtype)
-            cache.ssm[self.layer_idx][cache.slots] = ssm_state
+            cache.write(cache.conv[self.layer_idx], conv_state)
+            cache.write(cache.ssm[self.layer_idx], ssm_state)
         return self.out_proj(y)
 
 
 def mamba_inner(zxbcdt: Tensor, conv_w: Tensor, conv_b: Tensor | None, dt_bias: Tensor, A_log: Tensor, D: Tensor,
                 norm_w: Tensor, conv_state: Tensor | None, ssm_state: Tensor | None, seq_idx: Tensor | None,
                 dims: tuple[int, int, int, int, int], dt_limit: tuple[float, float], dt_clamp_min: float | None,
-                eps: float, decode: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                eps: float, decode: bool = False, lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Everything between in_proj and out_proj, as one function so that it can be compiled as a whole.
-    zxbcdt (b,T,I+C+H) -> y (b,T,I) in the input dtype, new conv state (b,K-1,C), new SSM state (b,H,P,N)."""
+    zxbcdt (b,T,I+C+H) -> y (b,T,I) in the input dtype, new conv state (b,K-1,C), new SSM state (b,H,P,N).
+    `lengths` (b,): right-padded rows; padding gets dt = 0 (no decay, no input) and the conv state is taken at each
+    row's real end."""
     H, P, G, N, chunk = dims
     b, T, _ = zxbcdt.shape
     I = H * P
     z, xBC, dt = zxbcdt.split([I, I + 2 * G * N, H], dim=-1)
-    xBC, conv_state = causal_conv(xBC, conv_w, conv_b, conv_state, seq_idx)
+    xBC, conv_state = causal_conv(xBC, conv_w, conv_b, conv_state, seq_idx, lengths)
     xBC = F.silu(xBC)
     x, B, C = xBC.split([I, G * N, G * N], dim=-1)
     x = x.view(b, T, H, P)
@@ -127,6 +133,8 @@ def mamba_inner(zxbcdt: Tensor, conv_w: Tensor, conv_b: Tensor | None, dt_bias: 
     lo, hi = dt_limit
     if lo > 0.0 or hi != float("inf"):
         dt = dt.clamp(lo, hi)
+    if lengths is not None:
+        dt = dt * (torch.arange(T, device=dt.device) < lengths[:, None])[..., None]
     A = -torch.exp(A_log.float())
     if decode:
         y, ssm_state = ssd_step(ssm_state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D.float())

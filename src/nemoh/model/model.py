@@ -121,13 +121,15 @@ class NemotronHForCausalLM(nn.Module):
         seq_idx: Tensor | None = None,
         cache: HybridCache | None = None,
         cache_slots: Tensor | None = None,
+        lengths: Tensor | None = None,
         routed_experts: Tensor | None = None,
         return_routing: bool = False,
         return_mtp: bool = False,
         logits_to_keep: int = 0,
     ) -> CausalLMOutput:
         """input_ids (b,T). Packed documents: `cu_seqlens` (one row) or `seq_idx` (b,T). Decode: `cache` (+ rows
-        `cache_slots`). R3: `routed_experts` (m,b,T,k) replaces each MoE layer's top-k (positions holding -1 keep the
+        `cache_slots`; right-padded rows give their real `lengths` (b,) and get logits for their last real token only,
+        (b,1,V)). R3: `routed_experts` (m,b,T,k) replaces each MoE layer's top-k (positions holding -1 keep the
         router's own choice); `return_routing` returns the chosen ids in the same layout. `logits_to_keep=n` computes logits for the last n positions only."""
         b, T = input_ids.shape
         if cu_seqlens is not None:
@@ -143,13 +145,18 @@ class NemotronHForCausalLM(nn.Module):
                 raise ValueError(f"routed_experts: expected shape {(m, b, T, k)} (moe layers, batch, tokens, top-k), "
                                  f"got {tuple(routed_experts.shape)}")
             replay = {layer: routed_experts[j].reshape(b * T, k) for j, layer in enumerate(self.moe_layers)}
-        ctx = ForwardContext(seq_idx=seq_idx, cache=cache, replay=replay, capture_routing=return_routing)
+        if lengths is not None and cache is None:
+            raise ValueError("lengths: right-padded rows are only supported with a cache (prefill)")
+        ctx = ForwardContext(seq_idx=seq_idx, lengths=lengths, cache=cache, replay=replay, capture_routing=return_routing)
         if cache is not None:
-            cache.begin(cache_slots, T)
+            cache.begin(cache_slots, T, lengths)
         h = self.backbone(input_ids, ctx)
         if cache is not None:
-            cache.end(T)
-        hk = h[:, -logits_to_keep:] if logits_to_keep else h
+            cache.end()
+        if lengths is not None:
+            hk = h[torch.arange(b, device=h.device), lengths - 1][:, None]
+        else:
+            hk = h[:, -logits_to_keep:] if logits_to_keep else h
         out = CausalLMOutput(logits=self.lm_head(hk).float(), hidden_states=h)
         if return_routing and self.moe_layers:
             out.routed_experts = torch.stack([ctx.routing[i].view(b, T, -1) for i in self.moe_layers])

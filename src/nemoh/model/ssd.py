@@ -89,15 +89,17 @@ def ssd_scan(
 def ssd_step(
     state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """One token. state (b,H,P,N) fp32, x (b,H,P), dt (b,H) after softplus, B/C (b,G,N). Returns y (b,H,P), new state."""
-    H, G = x.shape[1], B.shape[1]
-    r = H // G
+    """One token, updating `state` in place. state (b,H,P,N) fp32, x (b,H,P), dt (b,H) after softplus,
+    B/C (b,G,N). Returns y (b,H,P) and the state."""
+    b, H, P, N = state.shape
+    r = H // B.shape[1]
     x, dt = x.float(), dt.float()
-    Bh = B.float().repeat_interleave(r, dim=1)                              # (b,H,N)
-    Ch = C.float().repeat_interleave(r, dim=1)
-    decay = torch.exp(dt * A.float())[..., None, None]                      # (b,H,1,1)
-    state = state * decay + (dt[..., None] * x)[..., None] * Bh[:, :, None, :]
-    y = torch.einsum("bhpn,bhn->bhp", state, Ch)
+    Bh = B.float().repeat_interleave(r, dim=1).view(b * H, 1, N)
+    Ch = C.float().repeat_interleave(r, dim=1).view(b * H, N, 1)
+    flat = state.view(b * H, P, N)
+    flat.mul_(torch.exp(dt * A.float()).view(b * H, 1, 1))                 # decay
+    flat.baddbmm_((dt[..., None] * x).view(b * H, P, 1), Bh)               # + dt x ⊗ B
+    y = torch.bmm(flat, Ch).view(b, H, P)                                  # S · C
     if D is not None:
         y = y + D.float()[:, None] * x
     return y, state
@@ -116,7 +118,7 @@ def ssd_ref(
         if seq_idx is not None and t > 0:
             keep = (seq_idx[:, t] == seq_idx[:, t - 1]).float()[:, None, None, None]
             state = state * keep
-        y, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], D)
+        y, state = ssd_step(state.clone(), x[:, t], dt[:, t], A, B[:, t], C[:, t], D)
         ys.append(y)
     return torch.stack(ys, dim=1), state
 
