@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Callable
 
-from . import model_cmds
+from . import model_cmds, serve_cmds
 
 # name -> (add_arguments, run)
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
@@ -13,6 +13,9 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "init-tiny": (model_cmds.add_init_tiny_args, model_cmds.run_init_tiny),
     "info": (model_cmds.add_info_args, model_cmds.run_info),
     "presets": (lambda p: None, model_cmds.run_presets),
+    "serve": (serve_cmds.add_serve_args, serve_cmds.run_serve),
+    "generate": (serve_cmds.add_generate_args, serve_cmds.run_generate),
+    "chat": (serve_cmds.add_chat_args, serve_cmds.run_chat),
 }
 
 
