@@ -47,3 +47,17 @@ def test_info_and_bad_input(tmp_path):
     assert r.returncode == 2 and "hybrid_override_pattern" in r.stderr
     r = nemoh("presets")
     assert r.returncode == 0 and "super-120b-a12b" in r.stdout
+
+
+def test_generate_and_chat(tmp_path):
+    init = nemoh("init-tiny", str(tmp_path / "tiny"))
+    assert init.returncode == 0, init.stderr
+    r = nemoh("generate", str(tmp_path / "tiny"), "Hello", "--max-tokens", "5")
+    assert r.returncode == 0, r.stderr
+    assert "5 tokens, finish_reason=length" in r.stdout
+    chat = subprocess.run([sys.executable, "-m", "nemoh.cli.main", "chat", str(tmp_path / "tiny"), "--max-tokens", "6"],
+                          input="hi\nagain\n", capture_output=True, text=True, timeout=300)
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.count("> ") == 3  # two turns answered, then EOF at the third prompt
+    dry = nemoh("serve", str(tmp_path / "tiny"), "--engine", "sglang", "--dry-run")
+    assert dry.returncode == 0 and "sglang.launch_server" in dry.stdout
