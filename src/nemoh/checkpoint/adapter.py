@@ -26,6 +26,8 @@ def from_hf(key: str) -> tuple[str, int | None]:
 def to_hf(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     """Yield (Hub key, tensor) for every parameter, splitting stacked experts into per-expert tensors."""
     for name, p in model.state_dict().items():
+        if ".lora_" in name:  # adapters are saved on their own (nemoh.lora.save_adapter) or merged first
+            continue
         if name.endswith((".experts.up_proj", ".experts.down_proj")):
             prefix, proj = name.rsplit(".", 1)
             for j in range(p.shape[0]):

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Callable
 
-from . import model_cmds, serve_cmds
+from . import model_cmds, serve_cmds, train_cmds
 
 # name -> (add_arguments, run)
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
@@ -16,7 +16,12 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "serve": (serve_cmds.add_serve_args, serve_cmds.run_serve),
     "generate": (serve_cmds.add_generate_args, serve_cmds.run_generate),
     "chat": (serve_cmds.add_chat_args, serve_cmds.run_chat),
+    "sft": (train_cmds.add_sft_args, train_cmds.run_sft_cmd),
+    "plot": (train_cmds.add_plot_args, train_cmds.run_plot),
+    "merge-lora": (train_cmds.add_merge_args, train_cmds.run_merge),
 }
+# commands that take free-form --section.key value overrides
+OVERRIDABLE = {"sft"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in OVERRIDABLE:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     try:
         return args._run(args)
     except ValueError as e:  # bad input: one clear line, no traceback

@@ -128,7 +128,11 @@ class Experts(nn.Module):
         self.impl = EXPERT_IMPLS[impl]
 
     def forward(self, x: Tensor, ids: Tensor, w: Tensor) -> Tensor:
-        return self.impl(x, ids, w, self.up_proj, self.down_proj)
+        up, down = self.up_proj, self.down_proj
+        if hasattr(self, "lora_A_up"):  # LoRA (nemoh.lora): the dispatch sees W_e + scale * B_e A_e
+            up = up + torch.bmm(self.lora_B_up, self.lora_A_up) * self.lora_scale
+            down = down + torch.bmm(self.lora_B_down, self.lora_A_down) * self.lora_scale
+        return self.impl(x, ids, w, up, down)
 
 
 class MoE(nn.Module):

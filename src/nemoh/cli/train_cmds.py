@@ -1,0 +1,59 @@
+"""Training subcommands: sft, plot, merge-lora."""
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+console = Console()
+
+
+def add_sft_args(p: argparse.ArgumentParser) -> None:
+    # usage: nemoh sft [CONFIG.toml] [--section.key value ...]  (the config and overrides are parsed by load_config)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_sft_cmd(args: argparse.Namespace) -> int:
+    """Supervised fine-tuning (full or LoRA) from a TOML config plus --section.key overrides."""
+    from ..train.config import load_config
+    from ..train.sft import run_sft
+    extra = list(args.overrides)
+    config = extra.pop(0) if extra and not extra[0].startswith("--") else None
+    cfg = load_config(config, extra)
+    last = run_sft(cfg, show_progress=not args.quiet)
+    console.print(f"done: loss {last['loss']:.4f}" + (f", eval loss {last['eval_loss']:.4f}" if "eval_loss" in last else "")
+                  + f"; model in {cfg.checkpoint.dir}/final, metrics in {cfg.checkpoint.dir}/metrics.jsonl")
+    return 0
+
+
+def add_plot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default RUN_DIR/plots)")
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """Draw every metric of a run (metrics.jsonl) as a PNG curve."""
+    from ..train.plot import plot_run
+    for path in plot_run(args.run_dir, args.out):
+        console.print(f"wrote {path}")
+    return 0
+
+
+def add_merge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("base", help="base checkpoint (Hub layout)")
+    p.add_argument("adapter", help="adapter directory (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument("out", help="where to write the merged Hub-layout checkpoint")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """Merge a LoRA adapter (experts included) into a full Hub-layout checkpoint."""
+    import torch
+    from ..lora import load_adapter, merge_lora
+    from ..model import NemotronHForCausalLM
+    model = NemotronHForCausalLM.from_pretrained(args.base, dtype=torch.float32)
+    load_adapter(model, args.adapter)
+    merge_lora(model)
+    model.save_pretrained(args.out, dtype=getattr(torch, args.dtype))
+    console.print(f"wrote {args.out}")
+    return 0

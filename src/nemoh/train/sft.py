@@ -1,0 +1,174 @@
+"""Supervised fine-tuning: a loop you can read top to bottom.
+
+build model (+ LoRA) -> load and pack data -> (resume) -> for each step: grad_accum micro-batches of packed rows,
+token-mean cross-entropy over the whole step, clip, AdamW, schedule -> log / eval / checkpoint -> export.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..data import ErrorLog, collate, load_chat_examples, pack, read_rows
+from ..data.packing import PackedBatch
+from ..lora import LoRAConfig, apply_lora, lora_parameters, merge_lora, save_adapter
+from ..model import NemotronHForCausalLM
+from ..model.flops import flops_per_token
+from ..tokenizer import Tokenizer
+from .config import SFTConfig
+from .metrics import MetricsLogger
+from .optim import build_optimizer, build_scheduler
+from .state import checkpoints, load_state, save_state
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class PackedLoader:
+    """Packed rows in a seeded order per epoch; (epoch, index) is the whole state, so resume is exact."""
+    rows: list
+    rows_per_step: int
+    seq_len: int
+    seed: int
+    epoch: int = 0
+    index: int = 0
+
+    def _order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(len(self.rows), generator=g).tolist()
+
+    def next(self) -> PackedBatch:
+        order, picked = self._order(), []
+        while len(picked) < self.rows_per_step:
+            if self.index >= len(order):
+                self.epoch, self.index = self.epoch + 1, 0
+                order = self._order()
+            picked.append(self.rows[order[self.index]])
+            self.index += 1
+        return collate(picked, self.seq_len)
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+
+def token_loss(model: NemotronHForCausalLM, batch: PackedBatch, denominator: int) -> torch.Tensor:
+    """Sum of token cross-entropies over trained tokens, divided by the step's trained-token count."""
+    logits = model(batch.input_ids, seq_idx=batch.seq_idx).logits
+    return F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=-100, reduction="sum") / denominator
+
+
+def load_packed(path: str, tok: Tokenizer, cfg: SFTConfig, errors: ErrorLog) -> list:
+    examples = load_chat_examples(list(read_rows(path, errors)), tok, errors, cfg.data.messages_key,
+                                  cfg.data.train_on_thinking, max_len=cfg.data.seq_len)
+    if not examples:
+        raise ValueError(f"{path}: no usable examples ({len(errors.skipped)} skipped)")
+    return pack(examples, cfg.data.seq_len)
+
+
+def measured_peak_flops(n: int = 1024) -> float:
+    a = torch.randn(n, n)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(3))
+    return 2 * n ** 3 / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
+    run_dir = Path(cfg.checkpoint.dir)
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+
+    # model
+    path = Path(cfg.model.path) if cfg.model.path else run_dir / "base"
+    if not cfg.model.path and not (path / "config.json").exists():
+        from ..cli.model_cmds import init_tiny
+        init_tiny(path, cfg.model.preset, seed=cfg.train.seed)
+    model = NemotronHForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.model.dtype], scan_impl=cfg.model.scan_impl)
+    model.train()
+    model.set_gradient_checkpointing(cfg.model.gradient_checkpointing)
+    if cfg.lora.enabled:
+        apply_lora(model, LoRAConfig(cfg.lora.r, cfg.lora.alpha, list(cfg.lora.targets)))
+        params = lora_parameters(model)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+    tok = Tokenizer.from_pretrained(path)
+
+    # data
+    errors = ErrorLog(cfg.data.on_error)
+    train_rows = load_packed(cfg.data.train, tok, cfg, errors)
+    eval_rows = load_packed(cfg.data.eval, tok, cfg, errors) if cfg.data.eval else []
+    loader = PackedLoader(train_rows, cfg.data.rows_per_step, cfg.data.seq_len, cfg.train.seed)
+
+    opt = build_optimizer(params, cfg.optim)
+    sched = build_scheduler(opt, cfg.train.steps, cfg.optim)
+    start = 0
+    if cfg.checkpoint.resume and checkpoints(run_dir):
+        state = load_state(checkpoints(run_dir)[-1], model, opt, sched)
+        start, loader.epoch, loader.index = state["step"], state["data"]["epoch"], state["data"]["index"]
+
+    flops_tok = 3 * flops_per_token(model.config, cfg.data.seq_len)
+    peak = measured_peak_flops()
+    log = MetricsLogger(run_dir, cfg.train.steps, start, show_progress)
+    if errors.skipped and start == 0:
+        log.log(0, {"skipped_rows": len(errors.skipped), "first_skipped": errors.skipped[0]})
+    last: dict[str, Any] = {}
+    end = min(cfg.train.steps, start + cfg.train.stop_after) if cfg.train.stop_after else cfg.train.steps
+    for step in range(start, end):
+        t0 = time.perf_counter()
+        batches = [loader.next() for _ in range(cfg.train.grad_accum)]
+        denom = max(1, sum(b.num_tokens for b in batches))
+        loss = 0.0
+        for b in batches:
+            micro = token_loss(model, b, denom)
+            micro.backward()
+            loss += float(micro.detach())
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
+        lr = sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        tokens = sum(b.input_ids.numel() for b in batches)
+        last = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens_per_s": tokens / dt,
+                "mfu": flops_tok * tokens / dt / peak, "trained_tokens": denom}
+        if eval_rows and cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
+            last["eval_loss"] = evaluate(model, eval_rows, cfg)
+        if (step + 1) % cfg.train.log_every == 0 or "eval_loss" in last:
+            log.log(step + 1, last)
+        log.advance()
+        if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0:
+            save_state(run_dir, step + 1, model, opt, sched, loader.state(), cfg.checkpoint.keep)
+    log.close()
+    if end == cfg.train.steps:
+        export(model, run_dir, path, cfg)
+    return last
+
+
+@torch.no_grad()
+def evaluate(model: NemotronHForCausalLM, rows: list, cfg: SFTConfig) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(rows), cfg.data.rows_per_step):
+        b = collate(rows[i:i + cfg.data.rows_per_step], cfg.data.seq_len)
+        total += float(token_loss(model, b, 1))
+        count += b.num_tokens
+    model.train()
+    return total / max(1, count)
+
+
+def export(model: NemotronHForCausalLM, run_dir: Path, base: Path, cfg: SFTConfig) -> None:
+    """final/ is a servable Hub-layout checkpoint; with LoRA, adapter/ holds the adapter alone."""
+    if cfg.lora.enabled:
+        save_adapter(model, run_dir / "adapter", base_model=str(base))
+        merge_lora(model)
+    model.save_pretrained(run_dir / "final", tokenizer_dir=base)
