@@ -19,9 +19,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "sft": (train_cmds.add_sft_args, train_cmds.run_sft_cmd),
     "plot": (train_cmds.add_plot_args, train_cmds.run_plot),
     "merge-lora": (train_cmds.add_merge_args, train_cmds.run_merge),
+    "rl": (train_cmds.add_rl_args, train_cmds.run_rl_cmd),
 }
 # commands that take free-form --section.key value overrides
-OVERRIDABLE = {"sft"}
+OVERRIDABLE = {"sft", "rl"}
 
 
 def build_parser() -> argparse.ArgumentParser:

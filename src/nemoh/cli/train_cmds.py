@@ -57,3 +57,22 @@ def run_merge(args: argparse.Namespace) -> int:
     model.save_pretrained(args.out, dtype=getattr(torch, args.dtype))
     console.print(f"wrote {args.out}")
     return 0
+
+
+def add_rl_args(p: argparse.ArgumentParser) -> None:
+    # usage: nemoh rl [CONFIG.toml] [--section.key value ...] [miles flags: --eps-clip-high 0.28 ...]
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_rl_cmd(args: argparse.Namespace) -> int:
+    """GRPO-family RL (rollouts on the built-in engine, R3 for MoE) from a TOML config plus overrides."""
+    from ..rl.config import RLConfig, translate_miles_flags
+    from ..rl.trainer import RLTrainer
+    from ..train.config import load_config
+    extra = list(args.overrides)
+    config = extra.pop(0) if extra and not extra[0].startswith("--") else None
+    cfg = load_config(config, translate_miles_flags(extra), cls=RLConfig)
+    out = RLTrainer(cfg, show_progress=not args.quiet).run()
+    console.print(f"held-out accuracy: before RL {out['eval_accuracy_before']:.1%}, after RL "
+                  f"{out['eval_accuracy_after']:.1%}; model in {cfg.checkpoint.dir}/final")
+    return 0

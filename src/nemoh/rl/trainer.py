@@ -1,0 +1,259 @@
+"""The GRPO-family RL loop, top to bottom:
+rollouts (engine) -> rewards -> advantages -> trainer logprobs (old, ref) -> optimizer steps over micro-batches ->
+weights into the engine in place -> log / eval / checkpoint.
+
+Legend: b sequences in a micro-batch, T padded prompt+response length, R padded response length, m MoE layers.
+"""
+from __future__ import annotations
+
+import copy
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..data import ErrorLog, load_prompt_examples, read_rows
+from ..engine import LLM, SamplingParams
+from ..model import NemotronHForCausalLM
+from ..tokenizer import Tokenizer
+from ..train.metrics import MetricsLogger
+from ..train.optim import build_optimizer, build_scheduler
+from ..train.state import checkpoints, load_state, save_state
+from .algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, RATIOS, policy_loss, tis_weights
+from .config import RLConfig
+from .rewards import RewardFn
+from .rollout import PromptSampler, Sample, collect, group_stats
+from .tasks import TASKS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def response_logprobs(model: NemotronHForCausalLM, samples: list[Sample], temperature: float, replay: bool,
+                      need_entropy: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Training-side log-probs of each sample's response tokens under softmax(logits / temperature).
+    Returns logp (b,R), mask (b,R) and entropy (b,R) if asked. With `replay`, the forward uses the experts the
+    rollout chose (R3); the last position, never fed to the engine, keeps its live routing."""
+    b = len(samples)
+    lens = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
+    T, R = max(lens), max(len(s.response_ids) for s in samples)
+    ids = torch.zeros(b, T, dtype=torch.long)
+    for i, s in enumerate(samples):
+        ids[i, : lens[i]] = torch.tensor(s.prompt_ids + s.response_ids)
+    routed = None
+    if replay and samples[0].routed is not None:
+        m, _, k = samples[0].routed.shape
+        routed = torch.full((m, b, T, k), -1, dtype=torch.long)
+        for i, s in enumerate(samples):
+            routed[:, i, : s.routed.shape[1]] = s.routed
+    logits = model(ids, routed_experts=routed).logits / temperature          # (b,T,V)
+    pos = torch.zeros(b, R, dtype=torch.long)
+    tgt = torch.zeros(b, R, dtype=torch.long)
+    mask = torch.zeros(b, R)
+    for i, s in enumerate(samples):
+        n, p = len(s.response_ids), len(s.prompt_ids)
+        pos[i, :n] = torch.arange(p - 1, p - 1 + n)
+        tgt[i, :n] = torch.tensor(s.response_ids)
+        mask[i, :n] = 1
+    picked = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))  # (b,R,V)
+    logp_all = torch.log_softmax(picked.float(), -1)
+    logp = logp_all.gather(-1, tgt[..., None])[..., 0]
+    entropy = -(logp_all.exp() * logp_all).sum(-1) if need_entropy else None
+    return logp, mask, entropy
+
+
+def _pad(values: list[list[float]], R: int) -> Tensor:
+    out = torch.zeros(len(values), R)
+    for i, v in enumerate(values):
+        out[i, : len(v)] = torch.tensor(v)
+    return out
+
+
+class RLTrainer:
+    def __init__(self, cfg: RLConfig, show_progress: bool = True):
+        self.cfg, self.show_progress = cfg, show_progress
+        self.run_dir = Path(cfg.checkpoint.dir)
+        torch.manual_seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        path = Path(cfg.model.path) if cfg.model.path else self.run_dir / "base"
+        if not cfg.model.path and not (path / "config.json").exists():
+            from ..cli.model_cmds import init_tiny
+            init_tiny(path, cfg.model.preset, seed=cfg.train.seed)
+        self.base_path = path
+        dtype = DTYPES[cfg.model.dtype]
+        self.model = NemotronHForCausalLM.from_pretrained(path, dtype=dtype, scan_impl=cfg.model.scan_impl).train()
+        self.model.set_gradient_checkpointing(cfg.model.gradient_checkpointing)
+        self.tok = Tokenizer.from_pretrained(path)
+        self.chat_kwargs = {"enable_thinking": cfg.data.enable_thinking}
+        self.reward = RewardFn(cfg.reward.function)
+        self.train_prompts, self.eval_prompts = self._load_prompts()
+        self.sampler = PromptSampler(self.train_prompts, cfg.train.seed)
+        self.advantage = ADVANTAGES[cfg.algo.advantage_estimator]
+        self.ratio = RATIOS["sequence" if cfg.algo.advantage_estimator == "gspo" else "token"]
+        self.kl = KL_ESTIMATORS[cfg.algo.kl_loss_type]
+        self.aggregate = AGGREGATIONS[cfg.algo.loss_agg]
+        self.ref = None  # the frozen reference is loaded only when a KL loss needs it
+
+    def _load_prompts(self):
+        d = self.cfg.data
+        if d.prompts.startswith("builtin:"):
+            task = TASKS.get(d.prompts.split(":", 1)[1])
+            if task is None:
+                raise ValueError(f"data.prompts: unknown built-in task {d.prompts!r}; have "
+                                 f"{['builtin:' + t for t in TASKS]}")
+            return task(2048, self.cfg.train.seed), task(d.num_eval, 10_000, held_out=True)
+        errors = ErrorLog(d.on_error)
+        train = load_prompt_examples(list(read_rows(d.prompts, errors)), errors, d.input_key, d.label_key)
+        evals = load_prompt_examples(list(read_rows(d.eval_prompts, errors)), errors, d.input_key, d.label_key) \
+            if d.eval_prompts else []
+        if not train:
+            raise ValueError(f"{d.prompts}: no usable prompts")
+        return train, evals[: d.num_eval]
+
+    # ---- evaluation ------------------------------------------------------------------------------------------
+    def evaluate(self, llm: LLM) -> float:
+        """Greedy accuracy on the held-out prompts."""
+        if not self.eval_prompts:
+            return float("nan")
+        params = SamplingParams(temperature=0, max_tokens=self.cfg.rollout.rollout_max_response_len)
+        outs = llm.generate([p.prompt for p in self.eval_prompts], params,
+                            chat_template_kwargs=self.chat_kwargs if self.cfg.data.apply_chat_template else None)
+        scores = [self.reward([o.outputs[0].text], p.label)[0] for o, p in zip(outs, self.eval_prompts)]
+        return sum(s > 0 for s in scores) / len(scores)
+
+    # ---- SFT warm start on the task's training split -----------------------------------------------------------
+    def warm_start(self) -> None:
+        ws = self.cfg.warm_start
+        if ws.steps <= 0:
+            return
+        from ..data import collate, pack, tokenize_chat
+        from ..data.chat import Example
+        examples = []
+        for p in self.train_prompts[: ws.examples]:
+            msgs = p.prompt if isinstance(p.prompt, list) else [{"role": "user", "content": p.prompt}]
+            ids, mask = tokenize_chat(self.tok, msgs + [{"role": "assistant", "content": str(p.label)}],
+                                      **self.chat_kwargs)
+            examples.append(Example(ids, mask, p.where))
+        rows = pack(examples, 256)
+        opt = torch.optim.AdamW(self.model.parameters(), lr=ws.lr, foreach=False)
+        g = torch.Generator().manual_seed(self.cfg.train.seed)
+        for _ in range(ws.steps):
+            pick = torch.randint(0, len(rows), (4,), generator=g).tolist()
+            batch = collate([rows[i] for i in pick], 256)
+            logits = self.model(batch.input_ids, seq_idx=batch.seq_idx).logits
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=-100)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    # ---- one policy update over a rollout batch ---------------------------------------------------------------
+    def train_step(self, samples: list[Sample], opt, sched) -> dict[str, float]:
+        cfg, a = self.cfg, self.cfg.algo
+        temp = cfg.rollout.rollout_temperature
+        mb = cfg.train.micro_batch_size
+        replay = a.use_rollout_routing_replay
+        # old log-probs (the trainer's, before this update) and reference log-probs, no grad
+        with torch.no_grad():
+            old, ref = [], []
+            for i in range(0, len(samples), mb):
+                chunk = samples[i:i + mb]
+                lp, mask, _ = response_logprobs(self.model, chunk, temp, replay)
+                old += [lp[j, : int(mask[j].sum())].tolist() for j in range(len(chunk))]
+                if self.ref is not None:
+                    rl, _, _ = response_logprobs(self.ref, chunk, temp, False)
+                    ref += [rl[j, : int(mask[j].sum())].tolist() for j in range(len(chunk))]
+        diffs = torch.tensor([o - r for s, ol in zip(samples, old) for o, r in zip(ol, s.rollout_logp)])
+        stats: dict[str, float] = {
+            "logprob_diff_mean": float(diffs.abs().mean()) if len(diffs) else 0.0,
+            "logprob_diff_max": float(diffs.abs().max()) if len(diffs) else 0.0,
+            "train_rollout_kl": float(KL_ESTIMATORS["low_var_kl"](-diffs, torch.zeros_like(diffs)).mean()) if len(diffs) else 0.0,
+        }
+        gbs = cfg.train.global_batch_size
+        acc: dict[str, list[float]] = {k: [] for k in ("pg_loss", "pg_clipfrac", "kl", "entropy", "tis_clipfrac")}
+        tokens, t0 = 0, time.perf_counter()
+        for step in range(cfg.train.num_steps_per_rollout):
+            batch = list(range(step * gbs, (step + 1) * gbs))
+            keep = [i for i in batch if not (a.overlong == "mask" and samples[i].truncated)]
+            total_tokens = max(1.0, float(sum(len(samples[i].response_ids) for i in keep)))
+            for j in range(0, len(batch), mb):
+                idx = [i for i in batch[j:j + mb] if i in keep]
+                if not idx:
+                    continue
+                chunk = [samples[i] for i in idx]
+                logp, mask, ent = response_logprobs(self.model, chunk, temp, replay, need_entropy=True)
+                R = mask.shape[1]
+                old_t = _pad([old[i] for i in idx], R)
+                adv = torch.tensor([samples[i].advantage for i in idx])[:, None]
+                ratio = self.ratio(logp, old_t, mask)
+                pg, clipped = policy_loss(ratio, adv, a.eps_clip, a.eps_clip_high, a.eps_clip_c or None)
+                if a.use_tis:
+                    w, capped = tis_weights(old_t, _pad([samples[i].rollout_logp for i in idx], R), a.tis_cap)
+                    pg = pg * w
+                    acc["tis_clipfrac"].append(float((capped * mask).sum() / mask.sum()))
+                loss_tok = pg
+                if self.ref is not None:
+                    kl = self.kl(logp, _pad([ref[i] for i in idx], R))
+                    loss_tok = loss_tok + a.kl_loss_coef * kl
+                    acc["kl"].append(float((kl * mask).sum() / mask.sum()))
+                if a.entropy_coef > 0:
+                    loss_tok = loss_tok - a.entropy_coef * ent
+                loss = self.aggregate(loss_tok, mask, total_tokens, len(batch), cfg.rollout.rollout_max_response_len)
+                loss.backward()
+                tokens += sum(len(s.prompt_ids) + len(s.response_ids) for s in chunk)
+                acc["pg_loss"].append(float(self.aggregate(pg.detach(), mask, float(mask.sum()), len(idx), R)))
+                acc["pg_clipfrac"].append(float((clipped * mask).sum() / mask.sum()))
+                acc["entropy"].append(float((ent.detach() * mask).sum() / mask.sum()))
+            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip))
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        stats.update({k: sum(v) / len(v) for k, v in acc.items() if v})
+        stats.update({"train_tokens_per_s": tokens / dt, "time_train": dt})
+        return stats
+
+    # ---- the loop ----------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.warm_start()
+        engine_model = copy.deepcopy(self.model).eval()
+        llm = LLM(engine_model, tokenizer=self.tok, max_num_seqs=cfg.rollout.max_num_seqs,
+                  max_model_len=512 + cfg.rollout.rollout_max_response_len)
+        if cfg.algo.kl_loss_coef > 0:
+            self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        opt = build_optimizer([p for p in self.model.parameters() if p.requires_grad], cfg.optim)
+        sched = build_scheduler(opt, cfg.train.rollouts * cfg.train.num_steps_per_rollout, cfg.optim)
+        start = 0
+        if cfg.checkpoint.resume and checkpoints(self.run_dir):
+            start = load_state(checkpoints(self.run_dir)[-1], self.model, opt, sched)["step"]
+            llm.update_weights(self.model)
+        acc_before = self.evaluate(llm)
+        log = MetricsLogger(self.run_dir, cfg.train.rollouts, start, self.show_progress)
+        log.log(start, {"eval_accuracy": acc_before})
+        last: dict[str, Any] = {}
+        group = cfg.rollout.n_samples_per_prompt
+        for it in range(start, cfg.train.rollouts):
+            groups, roll = collect(llm, self.sampler, cfg, self.reward, cfg.train.seed + it, self.chat_kwargs)
+            samples = [s for g in groups for s in g]
+            rewards = torch.tensor([s.reward for s in samples])
+            adv = self.advantage(rewards, group, cfg.algo.normalize_advantage_std)
+            for s, v in zip(samples, adv.tolist()):
+                s.advantage = v
+            stats = self.train_step(samples, opt, sched)
+            t0 = time.perf_counter()
+            llm.update_weights(self.model)
+            last = {**group_stats(groups), **roll, **stats, "time_weight_update": time.perf_counter() - t0,
+                    "reward_failures": self.reward.failures}
+            if cfg.train.eval_every and (it + 1) % cfg.train.eval_every == 0:
+                last["eval_accuracy"] = self.evaluate(llm)
+            log.log(it + 1, last)
+            log.advance()
+            if cfg.checkpoint.every and (it + 1) % cfg.checkpoint.every == 0:
+                save_state(self.run_dir, it + 1, self.model, opt, sched, {}, cfg.checkpoint.keep)
+        acc_after = last.get("eval_accuracy") if "eval_accuracy" in last else self.evaluate(llm)
+        log.log(cfg.train.rollouts, {"eval_accuracy": acc_after})
+        log.close()
+        self.model.save_pretrained(self.run_dir / "final", tokenizer_dir=self.base_path)
+        return {**last, "eval_accuracy_before": acc_before, "eval_accuracy_after": acc_after}
