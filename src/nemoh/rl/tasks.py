@@ -32,4 +32,23 @@ def reverse_examples(n: int, seed: int, held_out: bool = False, min_len: int = 3
     return out
 
 
-TASKS: dict[str, Callable[..., list[PromptExample]]] = {"addition": addition_examples, "reverse": reverse_examples}
+def copy_examples(n: int, seed: int, held_out: bool = False) -> list[PromptExample]:
+    """A short lowercase word -> the same word. Words starting with a vowel are held out."""
+    return [PromptExample(p.prompt, p.label[::-1], p.where.replace("reverse", "copy"))
+            for p in reverse_examples(n, seed, held_out)]
+
+
+def first_letter_examples(n: int, seed: int, held_out: bool = False) -> list[PromptExample]:
+    """A short lowercase word -> its first letter; words ending in a vowel are held out."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        w = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 5)))
+        if (w[-1] in "aeiou") != held_out:
+            continue
+        out.append(PromptExample([{"role": "user", "content": w}], w[0], f"first:{w}"))
+    return out
+
+
+TASKS: dict[str, Callable[..., list[PromptExample]]] = {"addition": addition_examples, "reverse": reverse_examples,
+                                                         "copy": copy_examples, "first_letter": first_letter_examples}

@@ -155,6 +155,7 @@ class RLTrainer:
         mb = cfg.train.micro_batch_size
         replay = a.use_rollout_routing_replay
         # old log-probs (the trainer's, before this update) and reference log-probs, no grad
+        t_lp = time.perf_counter()
         with torch.no_grad():
             old, ref = [], []
             for i in range(0, len(samples), mb):
@@ -169,6 +170,7 @@ class RLTrainer:
             "logprob_diff_mean": float(diffs.abs().mean()) if len(diffs) else 0.0,
             "logprob_diff_max": float(diffs.abs().max()) if len(diffs) else 0.0,
             "train_rollout_kl": float(KL_ESTIMATORS["low_var_kl"](-diffs, torch.zeros_like(diffs)).mean()) if len(diffs) else 0.0,
+            "time_logprobs": time.perf_counter() - t_lp,
         }
         gbs = cfg.train.global_batch_size
         acc: dict[str, list[float]] = {k: [] for k in ("pg_loss", "pg_clipfrac", "kl", "entropy", "tis_clipfrac")}
