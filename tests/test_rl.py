@@ -4,11 +4,10 @@ import copy
 
 import torch
 
-from nemoh import LLM, NemotronHForCausalLM, SamplingParams
+from nemoh import LLM, SamplingParams
 from nemoh.cli.main import main as cli
 from nemoh.rl.config import RLConfig
 from nemoh.rl.rollout import PromptSampler, collect
-from nemoh.rl.rewards import RewardFn
 from nemoh.rl.trainer import RLTrainer, response_logprobs
 from nemoh.rl.rollout import Sample
 from nemoh.train.config import load_config

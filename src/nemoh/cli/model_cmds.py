@@ -17,7 +17,6 @@ from ..tokenizer import SPECIAL_TOKENS, save_tiny_tokenizer
 from ..tokenizer.tiny import tiny_vocab_size
 
 console = Console()
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def init_tiny(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:

@@ -9,8 +9,9 @@ import sys
 import torch
 from rich.console import Console
 
+from ..model.model import DTYPES
+
 console = Console()
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -106,7 +107,7 @@ def run_chat(args: argparse.Namespace) -> int:
         history.append({"role": "user", "content": user})
         _, ids = llm.encode_prompt(history, kwargs)
         rid = llm.add_request(ids, SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature))
-        split = ReasoningSplitter(llm.tokenizer, llm._ends_in_thought(ids))
+        split = ReasoningSplitter(llm.tokenizer, llm.ends_in_thought(ids))
         while llm.scheduler.has_work():
             for ev in llm.step():
                 r, c = split.add(ev.token_id)

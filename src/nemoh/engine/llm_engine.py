@@ -82,7 +82,7 @@ class LLM:
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt: {len(ids)} tokens leave no room in the context of {self.max_model_len} tokens")
         rid = request_id or f"req-{next(self._req_ids)}"
-        thinking = self._ends_in_thought(ids)
+        thinking = self.ends_in_thought(ids)
         group = []
         for i in range(params.n):
             g = torch.Generator(device=self.model.device)
@@ -92,7 +92,7 @@ class LLM:
         self.requests[rid] = (text, group)
         return rid
 
-    def _ends_in_thought(self, ids: list[int]) -> bool:
+    def ends_in_thought(self, ids: list[int]) -> bool:
         """True when the prompt leaves the model inside <think> (the template opened a thought)."""
         if self.think_start is None:
             return False

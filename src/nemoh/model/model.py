@@ -21,6 +21,8 @@ from .layers import MLP, RMSNorm
 from .mamba import Mamba2Mixer
 from .moe import MoE
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 # Parameters that stay float32 whatever dtype the model is cast to (the SSM dynamics and the router).
 FP32_PARAM_SUFFIXES = ("A_log", "D", "dt_bias", "gate.weight", "gate.e_score_correction_bias")
 

@@ -21,6 +21,7 @@ from ..model import NemotronHForCausalLM
 from ..tokenizer import Tokenizer
 from ..train.metrics import MetricsLogger
 from ..train.optim import build_optimizer, build_scheduler
+from ..train.setup import build_model
 from ..train.state import checkpoints, load_state, save_state
 from .algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, RATIOS, policy_loss, tis_weights
 from .config import RLConfig
@@ -28,7 +29,6 @@ from .rewards import RewardFn
 from .rollout import PromptSampler, Sample, collect, group_stats
 from .tasks import TASKS
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def response_logprobs(model: NemotronHForCausalLM, samples: list[Sample], temperature: float, replay: bool,
@@ -77,15 +77,8 @@ class RLTrainer:
         self.run_dir = Path(cfg.checkpoint.dir)
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
-        path = Path(cfg.model.path) if cfg.model.path else self.run_dir / "base"
-        if not cfg.model.path and not (path / "config.json").exists():
-            from ..cli.model_cmds import init_tiny
-            init_tiny(path, cfg.model.preset, seed=cfg.train.seed)
-        self.base_path = path
-        dtype = DTYPES[cfg.model.dtype]
-        self.model = NemotronHForCausalLM.from_pretrained(path, dtype=dtype, scan_impl=cfg.model.scan_impl).train()
-        self.model.set_gradient_checkpointing(cfg.model.gradient_checkpointing)
-        self.tok = Tokenizer.from_pretrained(path)
+        self.model, self.base_path = build_model(cfg.model, self.run_dir, cfg.train.seed)
+        self.tok = Tokenizer.from_pretrained(self.base_path)
         self.chat_kwargs = {"enable_thinking": cfg.data.enable_thinking}
         self.reward = RewardFn(cfg.reward.function)
         self.train_prompts, self.eval_prompts = self._load_prompts()

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ..engine import LLM, SamplingParams
 from .async_engine import AsyncEngine, DoneEvent, TokenEvent
 from .protocol import APIError, from_value_error, sampling_params
-from .reasoning import ReasoningSplitter
+from .reasoning import ChannelDecoder, ReasoningSplitter
 from .tool_parser import parse_tool_calls
 
 
@@ -75,7 +75,7 @@ class Server:
         except Exception as e:  # template errors are the request's fault
             raise APIError(400, f"messages: the chat template could not render them ({e})", "messages") from e
         ids = self.tok.encode(text)
-        return ids, tools, self.llm._ends_in_thought(ids)
+        return ids, tools, self.llm.ends_in_thought(ids)
 
     def _completion_prompt(self, body: dict[str, Any]) -> list[int]:
         prompt = body.get("prompt")
@@ -160,15 +160,10 @@ class Server:
         for i in range(params.n):
             yield _sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                              "finish_reason": None}]})
-        while True:
-            ev = await q.get()
-            if isinstance(ev, DoneEvent):
-                if ev.error:
-                    yield _sse({"error": {"message": ev.error, "type": "server_error", "param": None, "code": None}})
-                break
-            if await request.is_disconnected():
-                self.engine.abort(rid)
-                return
+        async for ev in self._events(rid, q, request):
+            if isinstance(ev, str):
+                yield ev
+                continue
             i = ev.index
             counts[i] += 1
             r_delta, _ = splits[i].add(ev.token_id)
@@ -221,18 +216,12 @@ class Server:
     async def _completion_stream(self, rid: str, q, params: SamplingParams, request: Request) -> AsyncIterator[str]:
         base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": self.name}
-        from .reasoning import ChannelDecoder
         decoders = [ChannelDecoder(self.tok, set()) for _ in range(params.n)]
         sent = [0] * params.n
-        while True:
-            ev = await q.get()
-            if isinstance(ev, DoneEvent):
-                if ev.error:
-                    yield _sse({"error": {"message": ev.error, "type": "server_error", "param": None, "code": None}})
-                break
-            if await request.is_disconnected():
-                self.engine.abort(rid)
-                return
+        async for ev in self._events(rid, q, request):
+            if isinstance(ev, str):
+                yield ev
+                continue
             i = ev.index
             decoders[i].add(ev.token_id)
             shown = visible_text(decoders[i].text, params, ev.finished, ev.stop_reason)
@@ -241,6 +230,20 @@ class Server:
                 yield _sse({**base, "choices": [{"index": i, "text": text, "logprobs": None,
                                                  "finish_reason": ev.finish_reason if ev.finished else None}]})
         yield "data: [DONE]\n\n"
+
+    async def _events(self, rid: str, q, request: Request) -> AsyncIterator[TokenEvent | str]:
+        """A request's token events until it is done; an engine error arrives as an SSE error line; a client that
+        went away has its request aborted."""
+        while True:
+            ev = await q.get()
+            if isinstance(ev, DoneEvent):
+                if ev.error:
+                    yield _sse({"error": {"message": ev.error, "type": "server_error", "param": None, "code": None}})
+                return
+            if await request.is_disconnected():
+                self.engine.abort(rid)
+                return
+            yield ev
 
     async def _wait(self, rid: str, q, request: Request) -> DoneEvent:
         while True:

@@ -23,9 +23,9 @@ from ..tokenizer import Tokenizer
 from .config import SFTConfig
 from .metrics import MetricsLogger
 from .optim import build_optimizer, build_scheduler
+from .setup import build_model
 from .state import checkpoints, load_state, save_state
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -88,14 +88,7 @@ def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
 
-    # model
-    path = Path(cfg.model.path) if cfg.model.path else run_dir / "base"
-    if not cfg.model.path and not (path / "config.json").exists():
-        from ..cli.model_cmds import init_tiny
-        init_tiny(path, cfg.model.preset, seed=cfg.train.seed)
-    model = NemotronHForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.model.dtype], scan_impl=cfg.model.scan_impl)
-    model.train()
-    model.set_gradient_checkpointing(cfg.model.gradient_checkpointing)
+    model, path = build_model(cfg.model, run_dir, cfg.train.seed)
     if cfg.lora.enabled:
         apply_lora(model, LoRAConfig(cfg.lora.r, cfg.lora.alpha, list(cfg.lora.targets)))
         params = lora_parameters(model)
