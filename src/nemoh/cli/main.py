@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "plot": (train_cmds.add_plot_args, train_cmds.run_plot),
     "merge-lora": (train_cmds.add_merge_args, train_cmds.run_merge),
     "rl": (train_cmds.add_rl_args, train_cmds.run_rl_cmd),
+    "plan": (train_cmds.add_plan_args, train_cmds.run_plan),
 }
 # commands that take free-form --section.key value overrides
 OVERRIDABLE = {"sft", "rl"}

@@ -76,3 +76,30 @@ def run_rl_cmd(args: argparse.Namespace) -> int:
     console.print(f"held-out accuracy: before RL {out['eval_accuracy_before']:.1%}, after RL "
                   f"{out['eval_accuracy_after']:.1%}; model in {cfg.checkpoint.dir}/final")
     return 0
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a preset name (nano-4b, nano-30b-a3b, super-120b-a12b, ...) or a config.json/dir")
+    p.add_argument("--gpus", type=int, required=True)
+    p.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--ep", type=int, default=1)
+    p.add_argument("--micro-batch-tokens", type=int, default=8192)
+    p.add_argument("--no-activation-checkpointing", action="store_true")
+    p.add_argument("--optimizer-offload", action="store_true", help="AdamW state on the CPU")
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """Memory per GPU (params, grads, optimizer, activations) for a training layout, and whether it fits."""
+    from ..model.config import NemotronHConfig
+    from ..model.presets import PRESETS, get_preset
+    from ..parallel import plan_memory
+    cfg = get_preset(args.model) if args.model in PRESETS else NemotronHConfig.from_pretrained(args.model)
+    plan = plan_memory(cfg, args.gpus, args.gpu_mem, args.tp, args.ep, args.micro_batch_tokens,
+                       activation_checkpointing=not args.no_activation_checkpointing,
+                       optimizer_offload=args.optimizer_offload)
+    console.print(f"{args.model}: {plan.num_params / 1e9:.2f} B parameters on {args.gpus} GPUs "
+                  f"(tp={args.tp}, ep={args.ep}, FSDP over the rest), bf16 weights, AdamW")
+    print(plan.table())
+    console.print(f"fits in {args.gpu_mem:.0f} GiB: {'yes' if plan.fits else 'NO'}")
+    return 0

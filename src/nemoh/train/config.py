@@ -91,6 +91,16 @@ class CheckpointConfig:
 
 
 @dataclass
+class ParallelSection:
+    dp_shard: int = -1               # under torchrun: FSDP2 over all ranks
+    tp: int = 1
+    ep: int = 1
+    mixed_precision: bool = False
+    cpu_offload: bool = False
+    activation_checkpointing: bool = False
+
+
+@dataclass
 class SFTConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -98,6 +108,7 @@ class SFTConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoRASection = field(default_factory=LoRASection)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,7 +9,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, show_progress: bool = True):
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, show_progress: bool = True,
+                 enabled: bool = True):
+        self.enabled = enabled  # off on all ranks but 0 in a distributed run
+        self.progress = None
+        if not enabled:
+            return
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
         self._file = self.path.open("a", encoding="utf-8")
@@ -26,6 +31,8 @@ class MetricsLogger:
             self.progress.start()
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         self._file.write(json.dumps({"step": step, **metrics}) + "\n")
         self._file.flush()
         if self.tb is not None:
@@ -40,6 +47,8 @@ class MetricsLogger:
             self.progress.advance(self.task)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         if self.progress is not None:
             self.progress.stop()
         if self.tb is not None:

@@ -24,6 +24,8 @@ from .config import SFTConfig
 from .metrics import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 from .setup import build_model
+from ..parallel import ParallelConfig, init_distributed, parallelize
+from ..parallel.parallelize import full_state_dict
 from .state import checkpoints, load_state, save_state
 
 
@@ -42,15 +44,19 @@ class PackedLoader:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         return torch.randperm(len(self.rows), generator=g).tolist()
 
-    def next(self) -> PackedBatch:
+    def next(self, rank: int = 0, world: int = 1) -> tuple[PackedBatch, int]:
+        """The next rows_per_step x world rows; this rank's share and the trained-token count of all of them."""
         order, picked = self._order(), []
-        while len(picked) < self.rows_per_step:
+        while len(picked) < self.rows_per_step * world:
             if self.index >= len(order):
                 self.epoch, self.index = self.epoch + 1, 0
                 order = self._order()
             picked.append(self.rows[order[self.index]])
             self.index += 1
-        return collate(picked, self.seq_len)
+        everyone = collate(picked, self.seq_len)
+        if world == 1:
+            return everyone, everyone.num_tokens
+        return collate(picked[rank::world], self.seq_len), everyone.num_tokens
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index}
@@ -88,6 +94,7 @@ def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
 
+    rank, world = init_distributed()
     model, path = build_model(cfg.model, run_dir, cfg.train.seed)
     if cfg.lora.enabled:
         apply_lora(model, LoRAConfig(cfg.lora.r, cfg.lora.alpha, list(cfg.lora.targets)))
@@ -102,6 +109,11 @@ def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     eval_rows = load_packed(cfg.data.eval, tok, cfg, errors) if cfg.data.eval else []
     loader = PackedLoader(train_rows, cfg.data.rows_per_step, cfg.data.seq_len, cfg.train.seed)
 
+    if world > 1:
+        if cfg.lora.enabled or cfg.checkpoint.every:
+            raise NotImplementedError("parallel: LoRA and training checkpoints are single-process for now")
+        parallelize(model, ParallelConfig(**vars(cfg.parallel)), world)
+        params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(params, cfg.optim)
     sched = build_scheduler(opt, cfg.train.steps, cfg.optim)
     start = 0
@@ -111,27 +123,30 @@ def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
 
     flops_tok = 3 * flops_per_token(model.config, cfg.data.seq_len)
     peak = measured_peak_flops()
-    log = MetricsLogger(run_dir, cfg.train.steps, start, show_progress)
+    log = MetricsLogger(run_dir, cfg.train.steps, start, show_progress and rank == 0, enabled=rank == 0)
     if errors.skipped and start == 0:
         log.log(0, {"skipped_rows": len(errors.skipped), "first_skipped": errors.skipped[0]})
     last: dict[str, Any] = {}
     end = min(cfg.train.steps, start + cfg.train.stop_after) if cfg.train.stop_after else cfg.train.steps
     for step in range(start, end):
         t0 = time.perf_counter()
-        batches = [loader.next() for _ in range(cfg.train.grad_accum)]
-        denom = max(1, sum(b.num_tokens for b in batches))
+        drawn = [loader.next(rank, world) for _ in range(cfg.train.grad_accum)]
+        batches = [b for b, _ in drawn]
+        denom = max(1, sum(n for _, n in drawn))  # trained tokens of the whole step, all ranks: a global token mean
         loss = 0.0
         for b in batches:
             micro = token_loss(model, b, denom)
-            micro.backward()
+            (micro * world).backward()            # FSDP averages gradients over ranks; the sum is what we want
             loss += float(micro.detach())
+        if world > 1:
+            loss = _all_reduce_sum(loss)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
         lr = sched.get_last_lr()[0]
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
-        tokens = sum(b.input_ids.numel() for b in batches)
+        tokens = sum(b.input_ids.numel() for b in batches) * world
         last = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens_per_s": tokens / dt,
                 "mfu": flops_tok * tokens / dt / peak, "trained_tokens": denom}
         if eval_rows and cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
@@ -143,8 +158,30 @@ def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
             save_state(run_dir, step + 1, model, opt, sched, loader.state(), cfg.checkpoint.keep)
     log.close()
     if end == cfg.train.steps:
-        export(model, run_dir, path, cfg)
+        if world > 1:
+            export_sharded(model, run_dir, path, rank)
+        else:
+            export(model, run_dir, path, cfg)
     return last
+
+
+def _all_reduce_sum(x: float) -> float:
+    import torch.distributed as dist
+    t = torch.tensor([x], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t)
+
+
+def export_sharded(model: NemotronHForCausalLM, run_dir: Path, base: Path, rank: int) -> None:
+    """Gather the full weights (every rank takes part), rank 0 writes the Hub layout atomically."""
+    import torch.distributed as dist
+    state = full_state_dict(model)
+    if rank == 0:
+        with torch.device("meta"):
+            plain = NemotronHForCausalLM(model.config)
+        plain.load_state_dict(state, assign=True)
+        plain.save_pretrained(run_dir / "final", tokenizer_dir=base)
+    dist.barrier()
 
 
 @torch.no_grad()
