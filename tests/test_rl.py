@@ -82,3 +82,12 @@ def test_rl_cli_with_miles_flags_and_kl(tmp_path):
                 "--global-batch-size", "16", "--train.micro_batch_size", "8", "--data.num_eval", "4"]) == 0
     rows = [r for r in read_metrics(tmp_path / "cli") if "pg_loss" in r]
     assert len(rows) == 2 and {"kl", "tis_clipfrac", "entropy", "logprob_diff_max"} <= set(rows[-1])
+
+
+def test_rollout_temperature_and_overlong_mask(tmp_path):
+    cfg = _cfg(tmp_path / "temp", "--train.rollouts", "1", "--rollout.rollout_temperature", "0.7",
+               "--rollout.rollout_max_response_len", "3", "--algo.overlong", "mask")
+    out = RLTrainer(cfg, show_progress=False).run()
+    # the trainer scores tokens under softmax(logits / 0.7) exactly like the engine sampled them
+    assert out["logprob_diff_max"] < 1e-4
+    assert out["truncation_ratio"] > 0  # 3 tokens is too short for most samples: they are masked, not trained on

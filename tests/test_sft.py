@@ -83,3 +83,16 @@ def test_config_errors_name_the_setting(tmp_path):
     toml.write_text("[train]\nsteps = 3\n[optim]\nlr = 0.01\n")
     cfg = load_config(toml, ["--optim.lr", "0.02"])
     assert cfg.train.steps == 3 and cfg.optim.lr == 0.02
+
+
+def test_activation_checkpointing_is_exact_and_bf16_trains(tmp_path):
+    common = ["--train.steps", "3", "--data.rows_per_step", "1"]
+    run_sft(_cfg(tmp_path / "plain", *common), show_progress=False)
+    run_sft(_cfg(tmp_path / "ckpt", *common, "--model.gradient_checkpointing", "true"), show_progress=False)
+    plain = [r["loss"] for r in read_metrics(tmp_path / "plain") if "loss" in r]
+    ckpt = [r["loss"] for r in read_metrics(tmp_path / "ckpt") if "loss" in r]
+    assert max(abs(a - b) for a, b in zip(plain, ckpt)) < 1e-5
+    run_sft(_cfg(tmp_path / "bf16", "--train.steps", "8", "--model.dtype", "bfloat16", "--optim.lr", "3e-3"),
+            show_progress=False)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "bf16") if "loss" in r]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
