@@ -1,4 +1,5 @@
 """torchrun on CPU/gloo: FSDP2 data parallel reproduces the single-process SFT run; layouts are validated."""
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,9 +12,9 @@ from nemoh.parallel import ParallelConfig, plan_memory
 from nemoh.train.metrics import read_metrics
 
 
-def _sft(run_dir, nproc, rows_per_rank):
+def _sft(run_dir, nproc, rows_per_rank, *extra):
     args = ["-m", "nemoh.cli.main", "sft", "--checkpoint.dir", str(run_dir), "--train.steps", "4", "--quiet",
-            "--data.rows_per_step", str(rows_per_rank), "--train.eval_every", "0", "--data.seq_len", "256"]
+            "--data.rows_per_step", str(rows_per_rank), "--train.eval_every", "0", "--data.seq_len", "256", *extra]
     if nproc > 1:
         with socket.socket() as sock:  # a free port for the rendezvous (port 0 would hang it)
             sock.bind(("127.0.0.1", 0))
@@ -23,19 +24,43 @@ def _sft(run_dir, nproc, rows_per_rank):
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-def test_fsdp_two_processes_match_one(tmp_path):
-    _sft(tmp_path / "one", 1, 2)
-    (tmp_path / "two").mkdir()
-    # same base weights for both runs
-    subprocess.run(["cp", "-r", str(tmp_path / "one" / "base"), str(tmp_path / "two" / "base")], check=True)
-    _sft(tmp_path / "two", 2, 1)
-    one = [r["loss"] for r in read_metrics(tmp_path / "one") if "loss" in r]
-    two = [r["loss"] for r in read_metrics(tmp_path / "two") if "loss" in r]
-    assert len(one) == len(two) == 4
-    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5, (one, two)
-    a = load_file(tmp_path / "one" / "final" / "model.safetensors")
-    b = load_file(tmp_path / "two" / "final" / "model.safetensors")
-    assert set(a) == set(b) and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The single-process reference run: 4 steps of 2 packed rows."""
+    run = tmp_path_factory.mktemp("single") / "one"
+    _sft(run, 1, 2)
+    return run
+
+
+def _same_run(a, b):
+    la = [r["loss"] for r in read_metrics(a) if "loss" in r]
+    lb = [r["loss"] for r in read_metrics(b) if "loss" in r]
+    assert len(la) == len(lb) == 4
+    assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-5, (la, lb)
+    wa = load_file(a / "final" / "model.safetensors")
+    wb = load_file(b / "final" / "model.safetensors")
+    assert set(wa) == set(wb) and max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
+def _with_base(single, run):
+    run.mkdir()
+    shutil.copytree(single / "base", run / "base")  # the same starting weights
+    return run
+
+
+def test_fsdp_two_processes_match_one(single, tmp_path):
+    two = _with_base(single, tmp_path / "two")
+    _sft(two, 2, 1)
+    _same_run(single, two)
+
+
+def test_resharded_resume_continues_exactly(single, tmp_path):
+    """Save a DCP checkpoint at 2 processes (FSDP shards), resume it in 1 process: the run goes on as if whole."""
+    run = _with_base(single, tmp_path / "resharded")
+    _sft(run, 2, 1, "--checkpoint.every", "2", "--train.stop_after", "2")
+    assert (run / "checkpoints" / "step_000002").exists() and not (run / "final").exists()
+    _sft(run, 1, 2, "--checkpoint.every", "2", "--checkpoint.resume", "true")
+    _same_run(single, run)
 
 
 def test_layouts_are_checked_up_front():

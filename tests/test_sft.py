@@ -43,17 +43,17 @@ def test_interrupted_and_resumed_run_is_exact(tmp_path):
 def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     cfg = _cfg(tmp_path / "run", "--train.steps", "4", "--checkpoint.every", "2", "--train.stop_after", "2")
     run_sft(cfg, show_progress=False)
-    real_save = torch.save
+    real_save = train_state.dcp.save
 
-    def dying(obj, f, *a, **k):
-        real_save({"partial": True}, f)
+    def dying(state, checkpoint_id):  # the tensors reach the disk, then the process is killed
+        real_save(state, checkpoint_id=checkpoint_id)
         raise KeyboardInterrupt("killed while saving")
 
-    monkeypatch.setattr(train_state.torch, "save", dying)
+    monkeypatch.setattr(train_state.dcp, "save", dying)
     with pytest.raises(KeyboardInterrupt):
         run_sft(_cfg(tmp_path / "run", "--train.steps", "4", "--checkpoint.every", "2", "--checkpoint.resume", "true"),
                 show_progress=False)
-    monkeypatch.setattr(train_state.torch, "save", real_save)
+    monkeypatch.setattr(train_state.dcp, "save", real_save)
     assert [p.name for p in train_state.checkpoints(tmp_path / "run")] == ["step_000002"]
     last = run_sft(_cfg(tmp_path / "run", "--train.steps", "4", "--checkpoint.every", "2", "--checkpoint.resume", "true"),
                    show_progress=False)

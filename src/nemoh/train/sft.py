@@ -110,8 +110,8 @@ def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     loader = PackedLoader(train_rows, cfg.data.rows_per_step, cfg.data.seq_len, cfg.train.seed)
 
     if world > 1:
-        if cfg.lora.enabled or cfg.checkpoint.every:
-            raise NotImplementedError("parallel: LoRA and training checkpoints are single-process for now")
+        if cfg.lora.enabled:
+            raise NotImplementedError("parallel: LoRA training is single-process for now")
         parallelize(model, ParallelConfig(**vars(cfg.parallel)), world)
         params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(params, cfg.optim)

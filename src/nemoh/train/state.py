@@ -1,20 +1,35 @@
-"""Training checkpoints: model, optimizer, scheduler, RNG states, data position and step, saved atomically.
+"""Training checkpoints through torch.distributed.checkpoint (DCP): model and optimizer state saved shard by shard,
+loadable at another world size or layout (DCP reshards), plus scheduler, RNG states, data position and step.
 
-`<run>/checkpoints/step_000050/` is written as a temp dir and renamed; the newest `keep` are kept. A run killed
-during a save leaves the previous checkpoint intact (the half-written temp dir is ignored and removed later)."""
+`<run>/checkpoints/step_000050/` is written as `.step_000050.tmp` and renamed by rank 0 once every rank is done; the
+newest `keep` are kept. A run killed during a save leaves the previous checkpoint intact (a stale temp dir is
+removed by the next save). Single-process runs use the same code path (DCP without a process group)."""
 from __future__ import annotations
 
 import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 STEP_RE = re.compile(r"^step_(\d{6,})$")
+# frozen parameters (a LoRA base) are not trainer state: they come from the base checkpoint
+OPTIONS = StateDictOptions(ignore_frozen_params=True)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -26,37 +41,41 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 def save_state(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: Any, data_state: dict[str, int], keep: int) -> Path:
+    """Every rank calls this (the tensor writes are collective)."""
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".step_*.tmp-*"):  # left by a run killed mid-save
-        shutil.rmtree(stale, ignore_errors=True)
-    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    state = {
-        "step": step, "model": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "data": data_state, "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-    }
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:06d}.tmp-", dir=root))
-    torch.save(state, tmp / "state.pt")
-    final = root / f"step_{step:06d}"
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    for old in checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    tmp, final = root / f".step_{step:06d}.tmp", root / f"step_{step:06d}"
+    if _rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".step_*.tmp"):  # left by a run killed mid-save
+            shutil.rmtree(stale, ignore_errors=True)
+    _barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIONS)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    if _rank() == 0:
+        torch.save({"step": step, "scheduler": scheduler.state_dict(), "data": data_state,
+                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}, tmp / "trainer.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        for old in checkpoints(run_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
     return final
 
 
 def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-    state = torch.load(path / "state.pt", weights_only=False)
-    params = dict(model.named_parameters())
-    missing = [n for n in state["model"] if n not in params]
-    if missing:
-        raise ValueError(f"{path}: checkpoint has parameters the model lacks: {missing[:5]}")
-    with torch.no_grad():
-        for n, t in state["model"].items():
-            params[n].copy_(t)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    return state
+    """Load into the model and optimizer as they are laid out now, whatever the layout at save time."""
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIONS)
+    state = {"model": model_sd, "optim": optim_sd}
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+    except Exception as e:  # DCP raises on missing/mis-shaped entries; name the checkpoint
+        raise ValueError(f"{path}: checkpoint does not fit this model ({e})") from e
+    # not strict: frozen parameters (the router's correction bias, a LoRA base) are not in the checkpoint
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=StateDictOptions(ignore_frozen_params=True, strict=False))
+    trainer = torch.load(path / "trainer.pt", weights_only=False)
+    scheduler.load_state_dict(trainer["scheduler"])
+    torch.set_rng_state(trainer["rng"]["torch"])
+    random.setstate(trainer["rng"]["python"])
+    return trainer
