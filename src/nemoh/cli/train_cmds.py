@@ -8,6 +8,13 @@ from rich.console import Console
 console = Console()
 
 
+def _config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """`[CONFIG.toml] [--section.key value ...]`: a leading non-flag word is the config file."""
+    extra = list(args.overrides)
+    config = extra.pop(0) if extra and not extra[0].startswith("--") else None
+    return config, extra
+
+
 def add_sft_args(p: argparse.ArgumentParser) -> None:
     # usage: nemoh sft [CONFIG.toml] [--section.key value ...]  (the config and overrides are parsed by load_config)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -17,9 +24,7 @@ def run_sft_cmd(args: argparse.Namespace) -> int:
     """Supervised fine-tuning (full or LoRA) from a TOML config plus --section.key overrides."""
     from ..train.config import load_config
     from ..train.sft import run_sft
-    extra = list(args.overrides)
-    config = extra.pop(0) if extra and not extra[0].startswith("--") else None
-    cfg = load_config(config, extra)
+    cfg = load_config(*_config_and_overrides(args))
     last = run_sft(cfg, show_progress=not args.quiet)
     console.print(f"done: loss {last['loss']:.4f}" + (f", eval loss {last['eval_loss']:.4f}" if "eval_loss" in last else "")
                   + f"; model in {cfg.checkpoint.dir}/final, metrics in {cfg.checkpoint.dir}/metrics.jsonl")
@@ -69,8 +74,7 @@ def run_rl_cmd(args: argparse.Namespace) -> int:
     from ..rl.config import RLConfig, translate_miles_flags
     from ..rl.trainer import RLTrainer
     from ..train.config import load_config
-    extra = list(args.overrides)
-    config = extra.pop(0) if extra and not extra[0].startswith("--") else None
+    config, extra = _config_and_overrides(args)
     cfg = load_config(config, translate_miles_flags(extra), cls=RLConfig)
     out = RLTrainer(cfg, show_progress=not args.quiet).run()
     console.print(f"held-out accuracy: before RL {out['eval_accuracy_before']:.1%}, after RL "

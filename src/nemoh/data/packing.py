@@ -42,6 +42,11 @@ def pack(examples: list[Example], seq_len: int) -> list[list[Example]]:
     return rows
 
 
+def trained_tokens(rows: list[list[Example]]) -> int:
+    """Tokens that carry a label in `collate(rows)`: each trained token but a document's first."""
+    return sum(sum(ex.loss_mask[1:]) for row in rows for ex in row)
+
+
 def collate(rows: list[list[Example]], seq_len: int, pad_id: int = 0) -> PackedBatch:
     R = len(rows)
     ids = torch.full((R, seq_len), pad_id, dtype=torch.long)

@@ -22,6 +22,7 @@ from ..tokenizer import Tokenizer
 from ..train.metrics import MetricsLogger
 from ..train.optim import build_optimizer, build_scheduler
 from ..train.setup import build_model
+from ..train.sft import token_loss
 from ..train.state import checkpoints, load_state, save_state
 from .algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, RATIOS, policy_loss, tis_weights
 from .config import RLConfig
@@ -135,8 +136,7 @@ class RLTrainer:
         for _ in range(ws.steps):
             pick = torch.randint(0, len(rows), (4,), generator=g).tolist()
             batch = collate([rows[i] for i in pick], 256)
-            logits = self.model(batch.input_ids, seq_idx=batch.seq_idx).logits
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=-100)
+            loss = token_loss(self.model, batch, batch.num_tokens)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ErrorLog, collate, load_chat_examples, pack, read_rows
-from ..data.packing import PackedBatch
+from ..data.packing import PackedBatch, trained_tokens
 from ..lora import LoRAConfig, apply_lora, lora_parameters, merge_lora, save_adapter
 from ..model import NemotronHForCausalLM
 from ..model.flops import flops_per_token
@@ -53,10 +53,7 @@ class PackedLoader:
                 order = self._order()
             picked.append(self.rows[order[self.index]])
             self.index += 1
-        everyone = collate(picked, self.seq_len)
-        if world == 1:
-            return everyone, everyone.num_tokens
-        return collate(picked[rank::world], self.seq_len), everyone.num_tokens
+        return collate(picked[rank::world], self.seq_len), trained_tokens(picked)
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index}
