@@ -1,6 +1,7 @@
-"""Parallelism applied from outside the model (torchtitan's pattern): a device mesh, then
-activation checkpointing -> FSDP2, in that order. The single-device model never imports torch.distributed."""
-from .parallelize import ParallelConfig, init_distributed, parallelize
+"""Parallelism applied from outside the model (torchtitan's pattern): a device mesh (dp_shard, ep, tp), then
+tensor parallel -> expert parallel -> activation checkpointing -> FSDP2. The single-device model never imports
+torch.distributed; specs.py says which parameters tp and ep split, state_dict.py gives layout-independent views."""
+from .parallelize import Layout, ParallelConfig, init_distributed, layout_of, parallelize
 from .plan import MemoryPlan, plan_memory
 
-__all__ = ["ParallelConfig", "init_distributed", "parallelize", "MemoryPlan", "plan_memory"]
+__all__ = ["Layout", "ParallelConfig", "init_distributed", "layout_of", "parallelize", "MemoryPlan", "plan_memory"]

@@ -1,8 +1,8 @@
 """ParallelConfig, process-group set-up and `parallelize(model, ...)`.
 
 Order (torchtitan's): tensor parallel -> expert parallel -> activation checkpointing -> FSDP2 per block, then the
-root. This version implements data-parallel sharding (FSDP2 `fully_shard`, optional bf16 params with fp32 reduce,
-optional CPU offload) and activation checkpointing; `tp > 1` or `ep > 1` are rejected when the config is built."""
+root. Tensor parallelism and expert parallelism work on local shards (tensor_parallel.py, expert_parallel.py);
+FSDP2 then shards what each rank holds over the data ranks."""
 from __future__ import annotations
 
 import os
@@ -39,8 +39,6 @@ class ParallelConfig:
                 raise ValueError(f"parallel.tp: {self.tp} must divide the Mamba n_groups={model.n_groups}")
             if "moe" in model.block_types and model.n_routed_experts % self.ep:
                 raise ValueError(f"parallel.ep: {self.ep} must divide n_routed_experts={model.n_routed_experts}")
-        if self.tp > 1 or self.ep > 1:
-            raise NotImplementedError("parallel: tensor and expert parallelism are not implemented yet; use dp_shard")
         return ParallelConfig(dp, self.tp, self.ep, self.mixed_precision, self.cpu_offload,
                               self.activation_checkpointing)
 
@@ -58,30 +56,81 @@ def init_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int) -> nn.Module:
-    """Shard `model` in place over a 1-D data-parallel mesh (FSDP2 per block, then the root)."""
+@dataclass
+class Layout:
+    """Where this rank sits: the mesh (dp_shard, ep, tp), and which data it reads. Ranks that differ only in tp see
+    the same tokens; the `dp_shard x ep` ranks (the data ranks) each read their own share of a step."""
+    cfg: ParallelConfig
+    mesh: object | None = None               # DeviceMesh, None in a single process
+
+    def size(self, dim: str) -> int:
+        return 1 if self.mesh is None else self.mesh[dim].size()
+
+    def group(self, dim: str):
+        return self.mesh[dim].get_group()
+
+    @property
+    def data_rank(self) -> int:
+        return 0 if self.mesh is None else self.mesh["dp"].get_local_rank()
+
+    @property
+    def data_world(self) -> int:
+        return self.size("dp")
+
+    def all_reduce_data(self, x: float) -> float:
+        """Sum a per-rank float over the data ranks (every rank gets the sum)."""
+        if self.mesh is None or self.data_world == 1:
+            return x
+        t = torch.tensor([x], dtype=torch.float64, device=_device())
+        torch.distributed.all_reduce(t, group=self.group("dp"))
+        return float(t)
+
+
+SINGLE = Layout(ParallelConfig(dp_shard=1))
+
+
+def layout_of(model: nn.Module) -> Layout:
+    return getattr(model, "parallel_layout", SINGLE)
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int) -> Layout:
+    """In place: tensor parallel -> expert parallel -> activation checkpointing -> FSDP2 (experts over dp_shard,
+    everything else over dp_shard x ep, each block then the root). Gradients are summed, not averaged, across data
+    ranks: the loss is already a mean over the global batch's tokens."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    from ..model.moe import Experts
+    from .expert_parallel import apply_ep
+    from .tensor_parallel import apply_tp
     cfg = cfg.resolve(world_size, getattr(model, "config", None))
+    mesh = init_device_mesh(_device(), (cfg.dp_shard, cfg.ep, cfg.tp), mesh_dim_names=("dp_shard", "ep", "tp"))
+    mesh["dp_shard", "ep"]._flatten("dp")
+    layout = Layout(cfg, mesh)
+    if cfg.tp > 1:
+        apply_tp(model, layout.group("tp"))
+    if cfg.ep > 1:
+        apply_ep(model, layout.group("ep"))
     if cfg.activation_checkpointing:
         model.set_gradient_checkpointing(True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    mesh = init_device_mesh(device, (cfg.dp_shard,), mesh_dim_names=("dp_shard",))
-    kwargs: dict = {"mesh": mesh}
+    kwargs: dict = {}
     if cfg.mixed_precision:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if cfg.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
-    for block in model.backbone.layers:
-        fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
-    return model
-
-
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Gather a sharded model's parameters (every rank must call it); plain tensors on CPU."""
-    out = {}
-    for name, t in model.state_dict().items():
-        full = t.full_tensor() if hasattr(t, "full_tensor") else t
-        out[name] = full.detach().cpu()
-    return out
+    sharded = []
+    blocks = list(model.backbone.layers) + (list(model.mtp.layers) if getattr(model, "mtp", None) else [])
+    for block in blocks:
+        for m in block.modules():  # experts first, over dp_shard only: ep already splits them
+            if isinstance(m, Experts):
+                sharded.append(fully_shard(m, mesh=mesh["dp_shard"], **kwargs))
+        sharded.append(fully_shard(block, mesh=mesh["dp"], **kwargs))
+    sharded.append(fully_shard(model, mesh=mesh["dp"], **kwargs))
+    for m in sharded:  # a plain SUM (gloo has no PREMUL_SUM)
+        m.set_gradient_divide_factor(1.0)
+        m.set_force_sum_reduction_for_comms(True)
+    model.parallel_layout = layout
+    return layout

@@ -25,7 +25,8 @@ from .metrics import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 from .setup import build_model
 from ..parallel import ParallelConfig, init_distributed, parallelize
-from ..parallel.parallelize import full_state_dict
+from ..parallel.parallelize import SINGLE, Layout
+from ..parallel.state_dict import clip_grad_norm, full_state_dict
 from .state import checkpoints, load_state, save_state
 
 
@@ -106,10 +107,11 @@ def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     eval_rows = load_packed(cfg.data.eval, tok, cfg, errors) if cfg.data.eval else []
     loader = PackedLoader(train_rows, cfg.data.rows_per_step, cfg.data.seq_len, cfg.train.seed)
 
+    layout: Layout = SINGLE
     if world > 1:
         if cfg.lora.enabled:
             raise NotImplementedError("parallel: LoRA training is single-process for now")
-        parallelize(model, ParallelConfig(**vars(cfg.parallel)), world)
+        layout = parallelize(model, ParallelConfig(**vars(cfg.parallel)), world)
         params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(params, cfg.optim)
     sched = build_scheduler(opt, cfg.train.steps, cfg.optim)
@@ -127,23 +129,23 @@ def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     end = min(cfg.train.steps, start + cfg.train.stop_after) if cfg.train.stop_after else cfg.train.steps
     for step in range(start, end):
         t0 = time.perf_counter()
-        drawn = [loader.next(rank, world) for _ in range(cfg.train.grad_accum)]
+        # tp ranks of one data rank read the same rows
+        drawn = [loader.next(layout.data_rank, layout.data_world) for _ in range(cfg.train.grad_accum)]
         batches = [b for b, _ in drawn]
         denom = max(1, sum(n for _, n in drawn))  # trained tokens of the whole step, all ranks: a global token mean
         loss = 0.0
         for b in batches:
             micro = token_loss(model, b, denom)
-            (micro * world).backward()            # FSDP averages gradients over ranks; the sum is what we want
+            micro.backward()                      # gradients are summed over data ranks (parallelize)
             loss += float(micro.detach())
-        if world > 1:
-            loss = _all_reduce_sum(loss)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
+        loss = layout.all_reduce_data(loss)
+        grad_norm = clip_grad_norm(model, cfg.optim.grad_clip)
         lr = sched.get_last_lr()[0]
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
-        tokens = sum(b.input_ids.numel() for b in batches) * world
+        tokens = sum(b.input_ids.numel() for b in batches) * layout.data_world
         last = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens_per_s": tokens / dt,
                 "mfu": flops_tok * tokens / dt / peak, "trained_tokens": denom}
         if eval_rows and cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
@@ -160,13 +162,6 @@ def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
         else:
             export(model, run_dir, path, cfg)
     return last
-
-
-def _all_reduce_sum(x: float) -> float:
-    import torch.distributed as dist
-    t = torch.tensor([x], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t)
 
 
 def export_sharded(model: NemotronHForCausalLM, run_dir: Path, base: Path, rank: int) -> None:

@@ -16,11 +16,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from ..parallel.state_dict import checkpoint_state, load_checkpoint_state
 
 STEP_RE = re.compile(r"^step_(\d{6,})$")
-# frozen parameters (a LoRA base) are not trainer state: they come from the base checkpoint
-OPTIONS = StateDictOptions(ignore_frozen_params=True)
 
 
 def _rank() -> int:
@@ -49,10 +48,11 @@ def save_state(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torc
         for stale in root.glob(".step_*.tmp"):  # left by a run killed mid-save
             shutil.rmtree(stale, ignore_errors=True)
     _barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIONS)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    # trainable parameters only: frozen ones (a LoRA base, the router's correction bias) come from the base model
+    dcp.save(checkpoint_state(model, optimizer), checkpoint_id=str(tmp))
     if _rank() == 0:
-        torch.save({"step": step, "scheduler": scheduler.state_dict(), "data": data_state,
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        torch.save({"step": step, "scheduler": scheduler.state_dict(), "data": data_state, "param_groups": hyper,
                     "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}, tmp / "trainer.pt")
         if final.exists():
             shutil.rmtree(final)
@@ -65,16 +65,15 @@ def save_state(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torc
 
 def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
     """Load into the model and optimizer as they are laid out now, whatever the layout at save time."""
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIONS)
-    state = {"model": model_sd, "optim": optim_sd}
+    state = checkpoint_state(model, optimizer)
     try:
         dcp.load(state, checkpoint_id=str(path))
     except Exception as e:  # DCP raises on missing/mis-shaped entries; name the checkpoint
         raise ValueError(f"{path}: checkpoint does not fit this model ({e})") from e
-    # not strict: frozen parameters (the router's correction bias, a LoRA base) are not in the checkpoint
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                   options=StateDictOptions(ignore_frozen_params=True, strict=False))
+    load_checkpoint_state(model, optimizer, state)
     trainer = torch.load(path / "trainer.pt", weights_only=False)
+    for group, hyper in zip(optimizer.param_groups, trainer.get("param_groups", [])):
+        group.update(hyper)
     scheduler.load_state_dict(trainer["scheduler"])
     torch.set_rng_state(trainer["rng"]["torch"])
     random.setstate(trainer["rng"]["python"])
