@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from rich.console import Console
 
-console = Console()
+console = Console(quiet=os.environ.get("RANK", "0") != "0")  # under torchrun only rank 0 reports
 
 
 def _config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:

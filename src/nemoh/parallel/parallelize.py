@@ -77,12 +77,13 @@ class Layout:
     def data_world(self) -> int:
         return self.size("dp")
 
-    def all_reduce_data(self, x: float) -> float:
-        """Sum a per-rank float over the data ranks (every rank gets the sum)."""
+    def all_reduce_data(self, x: float, op: str = "sum") -> float:
+        """Sum (or max) a per-rank float over the data ranks; every rank gets the result."""
         if self.mesh is None or self.data_world == 1:
             return x
+        import torch.distributed as dist
         t = torch.tensor([x], dtype=torch.float64, device=_device())
-        torch.distributed.all_reduce(t, group=self.group("dp"))
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM, group=self.group("dp"))
         return float(t)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..train.config import CheckpointConfig, ModelConfig, OptimConfig
+from ..train.config import CheckpointConfig, ModelConfig, OptimConfig, ParallelSection
 
 
 @dataclass
@@ -85,6 +85,7 @@ class RLConfig:
     reward: Reward = field(default_factory=Reward)
     warm_start: WarmStart = field(default_factory=WarmStart)
     checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(dir="runs/rl"))
+    parallel: ParallelSection = field(default_factory=ParallelSection)
 
     def __post_init__(self) -> None:
         from .algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS

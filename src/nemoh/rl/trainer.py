@@ -2,6 +2,12 @@
 rollouts (engine) -> rewards -> advantages -> trainer logprobs (old, ref) -> optimizer steps over micro-batches ->
 weights into the engine in place -> log / eval / checkpoint.
 
+Under torchrun the policy is parallelised like SFT (FSDP2 / tp / ep, the `[parallel]` section) and rank 0 owns the
+rollout engine: it generates and scores the whole rollout batch on the gathered full weights and broadcasts the
+samples; each data rank then trains on its share of every global batch (tp ranks on the same share), with the loss
+normalised over the global batch, and after the update all ranks gather the weights for rank 0's engine. One
+engine keeps rollouts identical to a single process (tested); its cost is that generation is not spread over ranks.
+
 Legend: b sequences in a micro-batch, T padded prompt+response length, R padded response length, m MoE layers.
 """
 from __future__ import annotations
@@ -22,7 +28,10 @@ from ..tokenizer import Tokenizer
 from ..train.metrics import MetricsLogger
 from ..train.optim import build_optimizer, build_scheduler
 from ..train.setup import build_model
-from ..train.sft import token_loss
+from ..train.sft import export_sharded, token_loss
+from ..parallel import ParallelConfig, init_distributed, parallelize
+from ..parallel.parallelize import SINGLE
+from ..parallel.state_dict import clip_grad_norm, full_state_dict
 from ..train.state import checkpoints, load_state, save_state
 from .algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, RATIOS, policy_loss, tis_weights
 from .config import RLConfig
@@ -78,6 +87,8 @@ class RLTrainer:
         self.run_dir = Path(cfg.checkpoint.dir)
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
+        self.rank, self.world = init_distributed()
+        self.layout = SINGLE
         self.model, self.base_path = build_model(cfg.model, self.run_dir, cfg.train.seed)
         self.tok = Tokenizer.from_pretrained(self.base_path)
         self.chat_kwargs = {"enable_thinking": cfg.data.enable_thinking}
@@ -140,6 +151,7 @@ class RLTrainer:
             opt.zero_grad()
             loss.backward()
             opt.step()
+        self.model.zero_grad(set_to_none=True)  # else the first RL step would add the last warm-start gradient
 
     # ---- one policy update over a rollout batch ---------------------------------------------------------------
     def train_step(self, samples: list[Sample], opt, sched) -> dict[str, float]:
@@ -148,89 +160,105 @@ class RLTrainer:
         mb = cfg.train.micro_batch_size
         replay = a.use_rollout_routing_replay
         # old log-probs (the trainer's, before this update) and reference log-probs, no grad
+        gbs, D, r = cfg.train.global_batch_size, self.layout.data_world, self.layout.data_rank
+        # this data rank's share of every global batch; shares are equal in size, so every rank runs the same
+        # number of forwards (FSDP's collectives pair up)
+        shares = [list(range(step * gbs, (step + 1) * gbs))[r::D] for step in range(cfg.train.num_steps_per_rollout)]
+        mine = [i for share in shares for i in share]
         t_lp = time.perf_counter()
+        old: dict[int, list[float]] = {}
+        ref: dict[int, list[float]] = {}
         with torch.no_grad():
-            old, ref = [], []
-            for i in range(0, len(samples), mb):
-                chunk = samples[i:i + mb]
+            for j in range(0, len(mine), mb):
+                idx = mine[j:j + mb]
+                chunk = [samples[i] for i in idx]
                 lp, mask, _ = response_logprobs(self.model, chunk, temp, replay)
-                old += [lp[j, : int(mask[j].sum())].tolist() for j in range(len(chunk))]
+                old.update({i: lp[n, : int(mask[n].sum())].tolist() for n, i in enumerate(idx)})
                 if self.ref is not None:
                     rl, _, _ = response_logprobs(self.ref, chunk, temp, False)
-                    ref += [rl[j, : int(mask[j].sum())].tolist() for j in range(len(chunk))]
-        diffs = torch.tensor([o - r for s, ol in zip(samples, old) for o, r in zip(ol, s.rollout_logp)])
+                    ref.update({i: rl[n, : int(mask[n].sum())].tolist() for n, i in enumerate(idx)})
+        diffs = torch.tensor([o - q for i in mine for o, q in zip(old[i], samples[i].rollout_logp)])
+        kl_tr = KL_ESTIMATORS["low_var_kl"](-diffs, torch.zeros_like(diffs))
+        n_diff = self.layout.all_reduce_data(float(len(diffs)))
         stats: dict[str, float] = {
-            "logprob_diff_mean": float(diffs.abs().mean()) if len(diffs) else 0.0,
-            "logprob_diff_max": float(diffs.abs().max()) if len(diffs) else 0.0,
-            "train_rollout_kl": float(KL_ESTIMATORS["low_var_kl"](-diffs, torch.zeros_like(diffs)).mean()) if len(diffs) else 0.0,
+            "logprob_diff_mean": self.layout.all_reduce_data(float(diffs.abs().sum())) / max(1.0, n_diff),
+            "logprob_diff_max": self.layout.all_reduce_data(float(diffs.abs().max()) if len(diffs) else 0.0, "max"),
+            "train_rollout_kl": self.layout.all_reduce_data(float(kl_tr.sum())) / max(1.0, n_diff),
             "time_logprobs": time.perf_counter() - t_lp,
         }
-        gbs = cfg.train.global_batch_size
         acc: dict[str, list[float]] = {k: [] for k in ("pg_loss", "pg_clipfrac", "kl", "entropy", "tis_clipfrac")}
         tokens, t0 = 0, time.perf_counter()
-        for step in range(cfg.train.num_steps_per_rollout):
-            batch = list(range(step * gbs, (step + 1) * gbs))
-            keep = [i for i in batch if not (a.overlong == "mask" and samples[i].truncated)]
-            total_tokens = max(1.0, float(sum(len(samples[i].response_ids) for i in keep)))
-            for j in range(0, len(batch), mb):
-                idx = [i for i in batch[j:j + mb] if i in keep]
-                if not idx:
-                    continue
+        for step, share in enumerate(shares):
+            batch = range(step * gbs, (step + 1) * gbs)
+            keep = {i for i in batch if not (a.overlong == "mask" and samples[i].truncated)}
+            total_tokens = max(1.0, float(sum(len(samples[i].response_ids) for i in keep)))  # the global batch's
+            for j in range(0, len(share), mb):
+                idx = share[j:j + mb]
                 chunk = [samples[i] for i in idx]
                 logp, mask, ent = response_logprobs(self.model, chunk, temp, replay, need_entropy=True)
                 R = mask.shape[1]
                 old_t = _pad([old[i] for i in idx], R)
                 adv = torch.tensor([samples[i].advantage for i in idx])[:, None]
                 ratio = self.ratio(logp, old_t, mask)
+                mask = mask * torch.tensor([float(i in keep) for i in idx])[:, None]   # masked overlong: weight 0
+                n_tok = mask.sum().clamp(min=1.0)
                 pg, clipped = policy_loss(ratio, adv, a.eps_clip, a.eps_clip_high, a.eps_clip_c or None)
                 if a.use_tis:
                     w, capped = tis_weights(old_t, _pad([samples[i].rollout_logp for i in idx], R), a.tis_cap)
                     pg = pg * w
-                    acc["tis_clipfrac"].append(float((capped * mask).sum() / mask.sum()))
+                    acc["tis_clipfrac"].append(float((capped * mask).sum() / n_tok))
                 loss_tok = pg
                 if self.ref is not None:
                     kl = self.kl(logp, _pad([ref[i] for i in idx], R))
                     loss_tok = loss_tok + a.kl_loss_coef * kl
-                    acc["kl"].append(float((kl * mask).sum() / mask.sum()))
+                    acc["kl"].append(float((kl * mask).sum() / n_tok))
                 if a.entropy_coef > 0:
                     loss_tok = loss_tok - a.entropy_coef * ent
                 loss = self.aggregate(loss_tok, mask, total_tokens, len(batch), cfg.rollout.rollout_max_response_len)
                 loss.backward()
                 tokens += sum(len(s.prompt_ids) + len(s.response_ids) for s in chunk)
-                acc["pg_loss"].append(float(self.aggregate(pg.detach(), mask, float(mask.sum()), len(idx), R)))
-                acc["pg_clipfrac"].append(float((clipped * mask).sum() / mask.sum()))
-                acc["entropy"].append(float((ent.detach() * mask).sum() / mask.sum()))
-            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip))
+                acc["pg_loss"].append(float(self.aggregate(pg.detach(), mask, float(n_tok), len(idx), R)))
+                acc["pg_clipfrac"].append(float((clipped * mask).sum() / n_tok))
+                acc["entropy"].append(float((ent.detach() * mask).sum() / n_tok))
+            stats["grad_norm"] = clip_grad_norm(self.model, cfg.train.grad_clip)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
-        stats.update({k: sum(v) / len(v) for k, v in acc.items() if v})
+        stats.update({k: self.layout.all_reduce_data(sum(v) / len(v)) / D for k, v in acc.items() if v})
+        tokens = self.layout.all_reduce_data(float(tokens))
         stats.update({"train_tokens_per_s": tokens / dt, "time_train": dt})
         return stats
 
     # ---- the loop ----------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.warm_start()
-        engine_model = copy.deepcopy(self.model).eval()
-        llm = LLM(engine_model, tokenizer=self.tok, max_num_seqs=cfg.rollout.max_num_seqs,
-                  max_model_len=512 + cfg.rollout.rollout_max_response_len)
+        lead = self.rank == 0
+        self.warm_start()  # before sharding; under torchrun every rank runs the same seeded warm start
+        llm = None
+        if lead:
+            llm = LLM(copy.deepcopy(self.model).eval(), tokenizer=self.tok, max_num_seqs=cfg.rollout.max_num_seqs,
+                      max_model_len=512 + cfg.rollout.rollout_max_response_len)
         if cfg.algo.kl_loss_coef > 0:
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if self.world > 1:
+            self.layout = parallelize(self.model, ParallelConfig(**vars(cfg.parallel)), self.world)
+            if cfg.train.global_batch_size % self.layout.data_world:
+                raise ValueError(f"train.global_batch_size: {cfg.train.global_batch_size} is not divisible by the "
+                                 f"{self.layout.data_world} data-parallel ranks")
         opt = build_optimizer([p for p in self.model.parameters() if p.requires_grad], cfg.optim)
         sched = build_scheduler(opt, cfg.train.rollouts * cfg.train.num_steps_per_rollout, cfg.optim)
         start = 0
         if cfg.checkpoint.resume and checkpoints(self.run_dir):
             start = load_state(checkpoints(self.run_dir)[-1], self.model, opt, sched)["step"]
-            llm.update_weights(self.model)
-        acc_before = self.evaluate(llm)
-        log = MetricsLogger(self.run_dir, cfg.train.rollouts, start, self.show_progress)
+            self._sync_engine(llm)
+        acc_before = self.evaluate(llm) if lead else float("nan")
+        log = MetricsLogger(self.run_dir, cfg.train.rollouts, start, self.show_progress and lead, enabled=lead)
         log.log(start, {"eval_accuracy": acc_before})
         last: dict[str, Any] = {}
         group = cfg.rollout.n_samples_per_prompt
         for it in range(start, cfg.train.rollouts):
-            groups, roll = collect(llm, self.sampler, cfg, self.reward, cfg.train.seed + it, self.chat_kwargs)
+            groups, roll = self._rollouts(llm, it)
             samples = [s for g in groups for s in g]
             rewards = torch.tensor([s.reward for s in samples])
             adv = self.advantage(rewards, group, cfg.algo.normalize_advantage_std)
@@ -238,17 +266,43 @@ class RLTrainer:
                 s.advantage = v
             stats = self.train_step(samples, opt, sched)
             t0 = time.perf_counter()
-            llm.update_weights(self.model)
+            self._sync_engine(llm)
             last = {**group_stats(groups), **roll, **stats, "time_weight_update": time.perf_counter() - t0,
-                    "reward_failures": self.reward.failures}
-            if cfg.train.eval_every and (it + 1) % cfg.train.eval_every == 0:
+                    "reward_failures": roll.pop("reward_failures", self.reward.failures)}
+            if lead and cfg.train.eval_every and (it + 1) % cfg.train.eval_every == 0:
                 last["eval_accuracy"] = self.evaluate(llm)
             log.log(it + 1, last)
             log.advance()
             if cfg.checkpoint.every and (it + 1) % cfg.checkpoint.every == 0:
                 save_state(self.run_dir, it + 1, self.model, opt, sched, {}, cfg.checkpoint.keep)
-        acc_after = last.get("eval_accuracy") if "eval_accuracy" in last else self.evaluate(llm)
+        acc_after = last.get("eval_accuracy") if "eval_accuracy" in last else (self.evaluate(llm) if lead else float("nan"))
         log.log(cfg.train.rollouts, {"eval_accuracy": acc_after})
         log.close()
-        self.model.save_pretrained(self.run_dir / "final", tokenizer_dir=self.base_path)
+        if self.world > 1:
+            export_sharded(self.model, self.run_dir, self.base_path, self.rank)
+        else:
+            self.model.save_pretrained(self.run_dir / "final", tokenizer_dir=self.base_path)
         return {**last, "eval_accuracy_before": acc_before, "eval_accuracy_after": acc_after}
+
+    def _rollouts(self, llm: LLM | None, it: int) -> tuple[list[list[Sample]], dict[str, float]]:
+        """Rank 0 generates and scores the rollout batch; under torchrun the other ranks receive it."""
+        cfg = self.cfg
+        out = None
+        if llm is not None:
+            groups, roll = collect(llm, self.sampler, cfg, self.reward, cfg.train.seed + it, self.chat_kwargs)
+            out = [groups, {**roll, "reward_failures": self.reward.failures}]
+        if self.world > 1:
+            import torch.distributed as dist
+            box = [out]
+            dist.broadcast_object_list(box, src=0)
+            out = box[0]
+        return out[0], out[1]
+
+    def _sync_engine(self, llm: LLM | None) -> None:
+        """The trained weights into rank 0's engine, in place (gathered from the shards under torchrun)."""
+        if self.world == 1:
+            llm.update_weights(self.model)
+            return
+        state = full_state_dict(self.model)  # every rank takes part in the gather
+        if llm is not None:
+            llm.update_weights({k: v for k, v in state.items() if k in dict(llm.model.named_parameters())})
