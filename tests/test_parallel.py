@@ -2,6 +2,7 @@
 processes) reproduces the single-process SFT run: losses, gradient norms and exported weights; checkpoints reshard
 between layouts; bad layouts are refused up front."""
 import shutil
+from pathlib import Path
 import socket
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from safetensors.torch import load_file
 from nemoh.model import get_preset
 from nemoh.parallel import ParallelConfig, plan_memory
 from nemoh.train.metrics import read_metrics
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _sft(run_dir, nproc, rows_per_rank, *extra):
@@ -138,6 +141,16 @@ def test_memory_plan_against_published_layouts():
     r = subprocess.run([sys.executable, "-m", "nemoh.cli.main", "plan", "nano-30b-a3b", "--gpus", "8", "--gpu-mem",
                         "141"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "fits in 141 GiB: yes" in r.stdout and "optimizer" in r.stdout
+    # the recipes' own layouts: Nano-30B's tp2 x ep4 on one node, Super's tp2 x ep8 on two, not on one
+    r = subprocess.run([sys.executable, "-m", "nemoh.cli.main", "plan", str(CONFIGS / "nano-30b-a3b-grpo.toml"), "--gpus", "8",
+                        "--gpu-mem", "141"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "tp=2, ep=4" in r.stdout and "fits in 141 GiB: yes" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "nemoh.cli.main", "plan", str(CONFIGS / "super-120b-a12b-grpo.toml"), "--gpus",
+                        "16", "--gpu-mem", "141"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "tp=2, ep=8" in r.stdout and "fits in 141 GiB: yes" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "nemoh.cli.main", "plan", str(CONFIGS / "super-120b-a12b-grpo.toml"), "--gpus",
+                        "8"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "world size 8 is not divisible by tp=2 x ep=8" in r.stderr
 
 
 RL_ARGS = ["--train.eval_every", "0", "--data.num_eval", "4", "--rollout.n_samples_per_prompt", "4",

@@ -84,11 +84,12 @@ def run_rl_cmd(args: argparse.Namespace) -> int:
 
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a preset name (nano-4b, nano-30b-a3b, super-120b-a12b, ...) or a config.json/dir")
+    p.add_argument("model", help="a training config (.toml: its model and [parallel] layout), a preset name "
+                                 "(nano-4b, nano-30b-a3b, super-120b-a12b, ...) or a config.json/dir")
     p.add_argument("--gpus", type=int, required=True)
     p.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU")
-    p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--ep", type=int, default=1)
+    p.add_argument("--tp", type=int, default=None, help="default: the config's [parallel] tp, else 1")
+    p.add_argument("--ep", type=int, default=None, help="default: the config's [parallel] ep, else 1")
     p.add_argument("--micro-batch-tokens", type=int, default=8192)
     p.add_argument("--no-activation-checkpointing", action="store_true")
     p.add_argument("--optimizer-offload", action="store_true", help="AdamW state on the CPU")
@@ -98,9 +99,24 @@ def run_plan(args: argparse.Namespace) -> int:
     """Memory per GPU (params, grads, optimizer, activations) for a training layout, and whether it fits."""
     from ..model.config import NemotronHConfig
     from ..model.presets import PRESETS, get_preset
-    from ..parallel import plan_memory
-    cfg = get_preset(args.model) if args.model in PRESETS else NemotronHConfig.from_pretrained(args.model)
-    plan = plan_memory(cfg, args.gpus, args.gpu_mem, args.tp, args.ep, args.micro_batch_tokens,
+    from ..parallel import ParallelConfig, plan_memory
+    tp, ep = args.tp, args.ep
+    if args.model.endswith(".toml"):
+        import tomllib
+        from pathlib import Path
+        with open(args.model, "rb") as f:
+            raw = tomllib.load(f)
+        model, par = raw.get("model", {}), raw.get("parallel", {})
+        path = Path(model.get("path", ""))
+        cfg = NemotronHConfig.from_pretrained(path) if model.get("path") and path.exists() \
+            else get_preset(model.get("preset", "tiny"))
+        tp, ep = tp or par.get("tp", 1), ep or par.get("ep", 1)
+    else:
+        cfg = get_preset(args.model) if args.model in PRESETS else NemotronHConfig.from_pretrained(args.model)
+    tp, ep = tp or 1, ep or 1
+    ParallelConfig(tp=tp, ep=ep).resolve(args.gpus, cfg)  # the layout's own checks, with the numbers
+    args.tp, args.ep = tp, ep
+    plan = plan_memory(cfg, args.gpus, args.gpu_mem, tp, ep, args.micro_batch_tokens,
                        activation_checkpointing=not args.no_activation_checkpointing,
                        optimizer_offload=args.optimizer_offload)
     console.print(f"{args.model}: {plan.num_params / 1e9:.2f} B parameters on {args.gpus} GPUs "

@@ -27,6 +27,8 @@ class ParallelConfig:
         """Fill dp_shard and check the layout against the world size and the model's shapes."""
         if self.tp < 1 or self.ep < 1:
             raise ValueError(f"parallel: tp={self.tp} and ep={self.ep} must be >= 1")
+        if self.dp_shard == -1 and world_size % (self.tp * self.ep):
+            raise ValueError(f"parallel: the world size {world_size} is not divisible by tp={self.tp} x ep={self.ep}")
         dp = self.dp_shard if self.dp_shard != -1 else world_size // (self.tp * self.ep)
         if dp * self.tp * self.ep != world_size:
             raise ValueError(f"parallel: dp_shard={dp} x tp={self.tp} x ep={self.ep} = {dp * self.tp * self.ep} "
