@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Callable
 
-from . import model_cmds, serve_cmds, train_cmds
+from . import kernel_cmds, model_cmds, serve_cmds, train_cmds
 
 # name -> (add_arguments, run)
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "merge-lora": (train_cmds.add_merge_args, train_cmds.run_merge),
     "rl": (train_cmds.add_rl_args, train_cmds.run_rl_cmd),
     "plan": (train_cmds.add_plan_args, train_cmds.run_plan),
+    "kernels": (kernel_cmds.add_kernels_args, kernel_cmds.run_kernels),
 }
 # commands that take free-form --section.key value overrides
 OVERRIDABLE = {"sft", "rl"}

@@ -59,8 +59,14 @@ def number_match(response: str, label: Any) -> float:
     return 1.0 if m and int(m.group(1)) == int(label) else 0.0
 
 
-REWARDS: dict[str, Callable[[str, Any], float]] = {"math": math_reward, "dapo": dapo_reward,
-                                                    "exact_match": exact_match, "number_match": number_match}
+def kernelbench(responses: list[str], label: Any) -> list[float]:
+    """The KernelBench verifier as a per-group reward (nemoh.kernels.reward): sandboxed, concurrent-safe."""
+    from ..kernels.reward import kernelbench_reward
+    return kernelbench_reward(responses, label)
+
+
+REWARDS: dict[str, Callable[..., Any]] = {"math": math_reward, "dapo": dapo_reward, "exact_match": exact_match,
+                                          "number_match": number_match, "kernelbench": kernelbench}
 
 
 class RewardFn:

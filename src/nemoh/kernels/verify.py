@@ -1,0 +1,59 @@
+"""`nemoh kernels verify`: every trace's code through its own sandbox, verdicts appended to a JSONL log.
+
+Candidates run `workers` at a time (each its own process); a rerun skips the (problem, sample) pairs already
+judged, so a long verification resumes where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..data import ErrorLog, read_rows
+from .generate import done_pairs, progress_bar
+from .sandbox import SandboxConfig, verify_code
+from .taxonomy import Verdict
+
+
+def read_traces(path: str | Path) -> list[dict]:
+    traces = []
+    for row in read_rows(path, ErrorLog("raise")):
+        for key in ("problem", "sample", "problem_code"):
+            if key not in row.data:
+                raise ValueError(f"{row.where}: a trace needs the field {key!r}")
+        traces.append(row.data)
+    return traces
+
+
+def verify_traces(traces_path: str | Path, out_path: str | Path, cfg: SandboxConfig | None = None,
+                  workers: int = 2, progress: bool = True) -> list[Verdict]:
+    cfg = cfg or SandboxConfig()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = done_pairs(out)
+    todo = [t for t in read_traces(traces_path) if (t["problem"], int(t["sample"])) not in done]
+    lock = threading.Lock()
+    verdicts: list[Verdict] = []
+    bar = progress_bar("verifying", progress, len(todo))
+    with out.open("a", encoding="utf-8") as f:
+        def one(t: dict) -> None:
+            v = verify_code(t["problem_code"], t.get("code"), t["problem"], int(t["sample"]), t.get("level", ""), cfg)
+            with lock:
+                verdicts.append(v)
+                f.write(json.dumps(v.to_dict()) + "\n")
+                f.flush()
+                if bar:
+                    bar[0].advance(bar[1])
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                list(pool.map(one, todo))
+        finally:
+            if bar:
+                bar[0].stop()
+    return verdicts
+
+
+def read_verdicts(path: str | Path) -> list[Verdict]:
+    return [Verdict.from_dict(r.data) for r in read_rows(path, ErrorLog("raise"))]
+
