@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def _verdicts_path(traces: str) -> Path:

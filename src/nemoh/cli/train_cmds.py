@@ -6,7 +6,7 @@ import os
 
 from rich.console import Console
 
-console = Console(quiet=os.environ.get("RANK", "0") != "0")  # under torchrun only rank 0 reports
+console = Console(quiet=os.environ.get("RANK", "0") != "0", soft_wrap=True)  # only rank 0 reports
 
 
 def _config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
