@@ -28,6 +28,9 @@ def read_traces(path: str | Path) -> list[dict]:
 
 def verify_traces(traces_path: str | Path, out_path: str | Path, cfg: SandboxConfig | None = None,
                   workers: int = 2, progress: bool = True) -> list[Verdict]:
+    import importlib.util
+    if importlib.util.find_spec("triton") is None:
+        raise ValueError("the verifier runs Triton kernels: install triton (pip install 'nemoh[kernels]')")
     cfg = cfg or SandboxConfig()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -159,8 +159,16 @@ def _clone(xs, device):
 
 
 def _compare(out, ref):
-    """(failure, detail, max_err, mean_err)"""
+    """(failure, detail, max_err, mean_err); a tuple/list reference is compared element by element."""
     import torch
+    if isinstance(ref, (tuple, list)):
+        if not isinstance(out, (tuple, list)) or len(out) != len(ref):
+            return "shape_mismatch", f"expected {len(ref)} outputs in a {type(ref).__name__}", None, None
+        results = [_compare(o, r) for o, r in zip(out, ref)]
+        bad = [r for r in results if r[0]]
+        if bad:
+            return bad[0]
+        return None, "", max(r[2] for r in results), sum(r[3] for r in results) / len(results)
     if type(out) is not torch.Tensor:
         return "integrity_violation", f"output is a {type(out).__module__}.{type(out).__name__}, not a plain torch.Tensor", None, None
     if out.shape != ref.shape or out.dtype != ref.dtype:
@@ -178,6 +186,12 @@ def _compare(out, ref):
 def _poison(ref_out, device, value: float) -> None:
     """Fill and free a few output-sized blocks so that memory a candidate does not write holds garbage."""
     import torch
+    if isinstance(ref_out, (tuple, list)):
+        for r in ref_out:
+            _poison(r, device, value)
+        return
+    if not ref_out.is_floating_point():
+        value = -123
     blocks = [torch.full_like(ref_out, value, device=device) for _ in range(4)]
     del blocks
     if device == "cuda":
@@ -303,7 +317,7 @@ def run(spec: dict, v: dict) -> None:
             v.update(failure=failure, detail=f"trial {trial}: {detail}", max_abs_err=max_err, mean_abs_err=mean_err)
             break
         errs.append((max_err, mean_err))
-        if trial == 0:
+        if trial == 0 and type(out) is torch.Tensor:
             first = (new_in, out.detach().clone())
     v["launches"] = min(launches) if launches else 0
     if launches and min(launches) == 0:
