@@ -125,6 +125,30 @@ def test_report_funnel_and_export(judged, tmp_path):
     errors = ErrorLog("raise")
     examples = load_chat_examples(list(read_rows(out, errors)), tok, errors)
     assert len(examples) == n_ok and all(sum(e.loss_mask) > 0 for e in examples)
+    # and fine-tunes on it: one SFT step on the verified traces
+    run = tmp_path / "sft"
+    assert cli(["sft", "--checkpoint.dir", str(run), "--data.train", str(out), "--data.eval", "",
+                "--data.seq_len", "4096", "--data.rows_per_step", "1", "--train.steps", "1", "--quiet",
+                "--train.eval_every", "0"]) == 0
+    assert (run / "final" / "model.safetensors").exists()
+
+
+def test_rl_with_the_kernelbench_reward(tmp_path):
+    """`nemoh kernels prompts` -> `nemoh rl --reward.function kernelbench`: the tiny model writes no kernels, so every
+    sample is verified as no_code and scores 0, and nothing counts as a reward failure."""
+    prompts = tmp_path / "prompts.jsonl"
+    assert cli(["kernels", "prompts", "--out", str(prompts)]) == 0
+    rows = [json.loads(l) for l in prompts.read_text().splitlines()]
+    assert len(rows) == 10 and all("class Model" in r["label"] and "{problem_code}" not in r["prompt"] for r in rows)
+    run = tmp_path / "rl"
+    assert cli(["rl", "--checkpoint.dir", str(run), "--data.prompts", str(prompts), "--reward.function", "kernelbench",
+                "--rollout-max-prompt-len", "4096", "--rollout.rollout_max_response_len", "8",
+                "--rollout.n_samples_per_prompt", "2", "--rollout.rollout_batch_size", "2",
+                "--train.global_batch_size", "4", "--train.micro_batch_size", "2", "--train.rollouts", "1",
+                "--warm_start.steps", "0", "--train.eval_every", "0", "--quiet"]) == 0
+    from nemoh.train.metrics import read_metrics
+    (last,) = [r for r in read_metrics(run) if "reward_mean" in r]
+    assert last["reward_mean"] == 0.0 and last["reward_failures"] == 0
 
 
 def test_kernelbench_reward_shapes_verdicts():

@@ -1,4 +1,4 @@
-"""`nemoh kernels ...`: the KernelBench pipeline (problems, generate, verify, report, export, examples)."""
+"""`nemoh kernels ...`: the KernelBench pipeline (problems, generate, verify, report, export, prompts, examples)."""
 from __future__ import annotations
 
 import argparse
@@ -60,15 +60,20 @@ def add_kernels_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--min-speedup", type=float, default=0.0, help="> 0: keep only GPU-timed speedups >= this")
 
+    s = sub.add_parser("prompts", help="an RL prompt set (prompt + label) for --reward.function kernelbench")
+    s.add_argument("--problems", default="builtin")
+    s.add_argument("--prompt", default="zero-shot", help="zero-shot | one-shot | a template file")
+    s.add_argument("--out", required=True)
+
     s = sub.add_parser("examples", help="traces of nemoh's shipped solutions (and known cheats) to try the pipeline")
     s.add_argument("--out", required=True)
     s.add_argument("--cheats", action="store_true", help="add the known cheating solutions")
 
 
 def run_kernels(args: argparse.Namespace) -> int:
-    """KernelBench pipeline: problems, generate, verify, report, export, examples."""
+    """KernelBench pipeline: problems, generate, verify, report, export, prompts, examples."""
     return {"problems": _problems, "generate": _generate, "verify": _verify, "report": _report,
-            "export": _export, "examples": _examples}[args.kernels_command](args)
+            "export": _export, "prompts": _prompts, "examples": _examples}[args.kernels_command](args)
 
 
 def _problems(args) -> int:
@@ -129,6 +134,18 @@ def _export(args) -> int:
     from ..kernels import export
     n = export(args.traces, args.verdicts or _verdicts_path(args.traces), args.out, args.min_speedup)
     console.print(f"wrote {n} verified examples to {args.out}")
+    return 0
+
+
+def _prompts(args) -> int:
+    """Rows `{"prompt", "label"}` that `nemoh rl` reads; the label is the problem source the reward verifies against."""
+    from ..data import write_jsonl_atomic
+    from ..kernels import load_problems
+    from ..kernels.prompts import load_template, render
+    template = load_template(args.prompt)
+    rows = [{"prompt": render(template, p), "label": p.code, "problem": p.name} for p in load_problems(args.problems)]
+    write_jsonl_atomic(args.out, rows)
+    console.print(f"wrote {len(rows)} prompts to {args.out}")
     return 0
 
 

@@ -27,6 +27,7 @@ class Rollout:
     rollout_temperature: float = 1.0
     rollout_top_p: float = 1.0
     rollout_max_response_len: int = 8
+    rollout_max_prompt_len: int = 512   # the engine's context is prompt + response
     max_num_seqs: int = 64              # engine slots
 
 
@@ -113,6 +114,7 @@ MILES_ALIASES = {
     "--n-samples-per-prompt": "--rollout.n_samples_per_prompt", "--rollout-batch-size": "--rollout.rollout_batch_size",
     "--rollout-temperature": "--rollout.rollout_temperature", "--rollout-top-p": "--rollout.rollout_top_p",
     "--rollout-max-response-len": "--rollout.rollout_max_response_len",
+    "--rollout-max-prompt-len": "--rollout.rollout_max_prompt_len",
     "--advantage-estimator": "--algo.advantage_estimator", "--eps-clip": "--algo.eps_clip",
     "--eps-clip-high": "--algo.eps_clip_high", "--eps-clip-c": "--algo.eps_clip_c",
     "--kl-loss-coef": "--algo.kl_loss_coef", "--kl-loss-type": "--algo.kl_loss_type",

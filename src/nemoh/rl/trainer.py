@@ -238,7 +238,7 @@ class RLTrainer:
         llm = None
         if lead:
             llm = LLM(copy.deepcopy(self.model).eval(), tokenizer=self.tok, max_num_seqs=cfg.rollout.max_num_seqs,
-                      max_model_len=512 + cfg.rollout.rollout_max_response_len)
+                      max_model_len=cfg.rollout.rollout_max_prompt_len + cfg.rollout.rollout_max_response_len)
         if cfg.algo.kl_loss_coef > 0:
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         if self.world > 1:
