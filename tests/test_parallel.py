@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from nemoh.model import get_preset
@@ -83,6 +84,59 @@ def test_parallel_layouts_match_one_process(single, tmp_path, layout):
     run = _with_base(single, tmp_path / layout)
     _sft(run, nproc, rows, *flags)
     _same_run(single, run)
+
+
+def _grads(base, out, nproc, tp, ep, dp_shard):
+    import os
+    script = os.path.join(os.path.dirname(__file__), "parallel_grads.py")
+    args = [script, str(base), str(out), str(tp), str(ep), str(dp_shard)]
+    if nproc > 1:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        args = ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(port), *args]
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import torch
+    return torch.load(out)
+
+
+GRAD_LAYOUTS = {"fsdp2": (2, 1, 1, 2), "tp2": (2, 2, 1, 1), "ep2": (2, 1, 2, 1), "tp2_ep2": (4, 2, 2, 1),
+                "fsdp2_tp2": (4, 2, 1, 2), "fsdp2_ep2": (4, 1, 2, 2)}
+
+
+@pytest.fixture(scope="module")
+def grads_one(single, tmp_path_factory):
+    return _grads(single / "base", tmp_path_factory.mktemp("g") / "one.pt", 1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("layout", sorted(GRAD_LAYOUTS))
+def test_one_backward_gives_the_single_process_gradients(single, grads_one, tmp_path, layout):
+    """Every parameter's gradient, gathered to its canonical (Hub) shape, equals the single-process one (1e-5):
+    packed documents, tp-split fused projections, ep-split experts and the replicated router included."""
+    got = _grads(single / "base", tmp_path / "g.pt", *GRAD_LAYOUTS[layout])
+    assert abs(got["loss"] - grads_one["loss"]) < 1e-5
+    ref = grads_one["grads"]
+    assert set(got["grads"]) == set(ref) and len(ref) > 30
+    for name, g in ref.items():
+        assert got["grads"][name].shape == g.shape, name
+        assert (got["grads"][name] - g).abs().max().item() < 1e-5, name
+
+
+def test_bf16_model_with_mixed_precision_under_fsdp(single, tmp_path):
+    """bf16 weights with fp32-by-design SSM and router parameters (mixed dtypes, which FSDP2 groups cannot hold):
+    FSDP leaves those replicated, the run tracks the single-process bf16 run and exports them in fp32."""
+    flags = ["--model.dtype", "bfloat16"]
+    one = _with_base(single, tmp_path / "one")
+    _sft(one, 1, 2, *flags)
+    two = _with_base(single, tmp_path / "two")
+    _sft(two, 2, 1, *flags, "--parallel.mixed_precision", "true", "--parallel.activation_checkpointing", "true")
+    la = [r["loss"] for r in read_metrics(one) if "loss" in r]
+    lb = [r["loss"] for r in read_metrics(two) if "loss" in r]
+    assert max(abs(x - y) for x, y in zip(la, lb)) < 2e-2, (la, lb)
+    w = load_file(two / "final" / "model.safetensors")
+    assert w["backbone.layers.0.mixer.A_log"].dtype == torch.float32
+    assert w["backbone.layers.0.mixer.in_proj.weight"].dtype == torch.bfloat16
 
 
 def test_fsdp_times_ep_four_data_ranks(single4, tmp_path):

@@ -124,14 +124,19 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int) -> Layou
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if cfg.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
+    from ..model.model import FP32_PARAM_SUFFIXES
+    # FSDP2 wants one dtype per group and would cast every parameter for compute under mixed precision; the
+    # parameters that are fp32 by design (Mamba's A_log/D/dt_bias, the router) are small, so FSDP leaves them alone:
+    # replicated over the data ranks, their gradients summed by sync_replicated_grads (called by clip_grad_norm)
+    fp32 = {p for n, p in model.named_parameters() if n.endswith(FP32_PARAM_SUFFIXES)}
     sharded = []
     blocks = list(model.backbone.layers) + (list(model.mtp.layers) if getattr(model, "mtp", None) else [])
     for block in blocks:
         for m in block.modules():  # experts first, over dp_shard only: ep already splits them
             if isinstance(m, Experts):
                 sharded.append(fully_shard(m, mesh=mesh["dp_shard"], **kwargs))
-        sharded.append(fully_shard(block, mesh=mesh["dp"], **kwargs))
-    sharded.append(fully_shard(model, mesh=mesh["dp"], **kwargs))
+        sharded.append(fully_shard(block, mesh=mesh["dp"], ignored_params=fp32, **kwargs))
+    sharded.append(fully_shard(model, mesh=mesh["dp"], ignored_params=fp32, **kwargs))
     for m in sharded:  # a plain SUM (gloo has no PREMUL_SUM)
         m.set_gradient_divide_factor(1.0)
         m.set_force_sum_reduction_for_comms(True)

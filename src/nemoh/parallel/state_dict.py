@@ -110,12 +110,15 @@ def load_checkpoint_state(model: nn.Module, opt: torch.optim.Optimizer, state: d
                 _restore(model, name, v, [state[f"optim/{k}/{key}"] for k in keys], specs)
 
 
-def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """The canonical full weights on every rank (every rank must call it), plain CPU tensors: what a single
-    process would hold. Used for the Hub export and for refreshing a rollout engine."""
+def full_state_dict(model: nn.Module, grads: bool = False) -> dict[str, Tensor]:
+    """The canonical full weights (or, with `grads`, the gradients) on every rank (every rank must call it), plain
+    CPU tensors: what a single process would hold. Used for the Hub export, for refreshing a rollout engine and by
+    the tests that compare a parallel backward with a single-process one."""
     specs = shard_specs(model)
     out = {}
-    for name, t in model.state_dict().items():
+    items = ((n, p.grad) for n, p in model.named_parameters() if p.grad is not None) if grads \
+        else model.state_dict().items()
+    for name, t in items:
         pieces = _pieces(model, name, t, specs)
         full = [p.full_tensor() if _is_dtensor(p) else p for p in pieces.values()]
         spec = specs.get(name)
@@ -123,19 +126,33 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
+def sync_replicated_grads(model: nn.Module) -> None:
+    """Sum over the data ranks the gradients FSDP does not reduce (the fp32-by-design parameters it leaves alone)."""
+    layout = layout_of(model)
+    if layout.mesh is None or layout.data_world == 1:
+        return
+    group = layout.group("dp")
+    for p in model.parameters():
+        if p.grad is not None and not _is_dtensor(p.grad):
+            dist.all_reduce(p.grad, group=group)
+
+
 def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
-    """Global gradient 2-norm over all ranks, then clip. A rank's local shard counts once; tensors replicated over
-    tp (everything not tp-split) are divided by the tp size so the sum over ranks counts them once too."""
+    """Finish the gradients (sync_replicated_grads), then the global 2-norm over all ranks, then clip. Each distinct
+    gradient value counts once: a tensor's local sum of squares is divided by how many ranks hold the same values
+    (the data ranks unless FSDP shards it, times the tp ranks unless tp splits it)."""
+    sync_replicated_grads(model)
     layout = layout_of(model)
     specs = shard_specs(model)
-    tp = layout.size("tp")
+    tp, data = layout.size("tp"), layout.data_world
     grads = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
     total = torch.zeros((), dtype=torch.float64)
     for name, g in grads:
         local = g.to_local() if _is_dtensor(g) else g
         sq = local.detach().double().pow(2).sum().cpu()
         spec = specs.get(name)
-        total += sq if (spec is not None and spec.group == "tp") else sq / tp
+        copies = (1 if _is_dtensor(g) else data) * (1 if spec is not None and spec.group == "tp" else tp)
+        total += sq / copies
     if layout.mesh is not None:
         t = total.to("cuda" if torch.cuda.is_available() else "cpu")
         dist.all_reduce(t)
