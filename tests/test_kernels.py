@@ -88,6 +88,25 @@ def test_every_known_cheat_is_rejected_with_its_class(judged):
     assert "perf_counter" in verdicts["nemoh/1_SiLU~patches_timer"].detail
 
 
+@pytest.mark.parametrize("case,expected", [
+    ("def (:\n", "syntax_or_import_error"),
+    ("import not_a_real_package\n", "syntax_or_import_error"),
+    ("import torch\nclass Foo: pass\n", "missing_model_new"),
+    ("tl.arange(0, 1000)", "triton_compile_error"),          # not a power of 2: the compiler's own check
+    ("tl.no_such_fn(x)", "triton_compile_error"),
+    ("return out.view(-1)", "shape_mismatch"),
+    ("x * tl.sigmoid(x) * 1.001", "numeric_mismatch"),
+])
+def test_failure_taxonomy(case, expected):
+    from nemoh.kernels import verify_code
+    sol = (DATA / "solutions" / "1_SiLU.py").read_text()
+    edits = {"tl.arange(0, 1000)": ("tl.arange(0, BLOCK)", case), "tl.no_such_fn(x)": ("tl.sigmoid(x)", case),
+             "return out.view(-1)": ("return out", case), "x * tl.sigmoid(x) * 1.001": ("x * tl.sigmoid(x)", case)}
+    code = sol.replace(*edits[case]) if case in edits else case
+    v = verify_code((DATA / "problems" / "1_SiLU.py").read_text(), code, "case")
+    assert v.failure == expected and not v.correct, (v.failure, v.detail)
+
+
 def test_write_outside_the_sandbox_leaves_no_file(tmp_path):
     target = tmp_path / "escape.txt"
     code = (DATA / "cheats" / "writes_outside_tmp.py").read_text().replace(

@@ -234,87 +234,126 @@ def _time(fn, args, device, warmup: int, iters: int) -> float:
     return statistics.median(times)
 
 
-def run(spec: dict, v: dict) -> None:
-    import torch
-    import triton  # noqa: F401  (imported before the guard: its import writes nothing outside, but keep it quiet)
-    device = spec["device"]
-    _count_launches()
-    _watch_threads()
-    ref_ns = _load(spec["problem_code"], "reference")
-    Model, get_inputs, get_init_inputs = ref_ns["Model"], ref_ns["get_inputs"], ref_ns["get_init_inputs"]
+class Failed(Exception):
+    """A verdict reached before the end: (failure class, detail)."""
 
-    code = spec["candidate_code"]
-    try:
-        tree = ast.parse(code)
-    except SyntaxError as e:
-        v.update(failure="syntax_or_import_error", detail=f"SyntaxError: {e.msg} (line {e.lineno})")
-        return
-    v["parsed"] = True
-    findings = static_findings(tree)
-    # what timing and comparison rely on; a candidate that rebinds any of them is flagged
-    keep = [(time, "perf_counter"), (time, "time"), (time, "monotonic"), (torch, "allclose"), (torch, "equal")]
-    if device == "cuda":
-        keep += [(torch.cuda, "synchronize"), (torch.cuda, "Event"), (torch.cuda.Event, "elapsed_time")]
-    originals = [getattr(owner, name) for owner, name in keep]
-    threads_before = threading.active_count()
+    def __init__(self, failure: str, detail: str):
+        super().__init__(detail)
+        self.failure, self.detail = failure, detail
 
-    STATE["guard"] = True
+
+def _guarded(failure: str, fn, *args):
+    """Run candidate code; its exception becomes `failure`, unless it tripped a guard (then it is a violation)."""
     try:
-        cand = _load(code, "candidate")
+        return fn(*args)
     except Violation:
         raise
     except Exception as e:
         if VIOLATIONS:
             raise Violation(VIOLATIONS[0])
-        v.update(failure="syntax_or_import_error", detail=f"{type(e).__name__}: {e}")
-        return
-    ModelNew = cand.get("ModelNew")
+        if failure == "runtime_error" and _is_compile_error(e):
+            failure = "triton_compile_error"
+        raise Failed(failure, f"{type(e).__name__}: {str(e)[:800]}") from e
+
+
+class Watch:
+    """What the timing and the comparison rely on (clocks, events, allclose) and the thread count, captured before
+    the candidate is imported; `changes()` lists what the candidate rebound or left running."""
+
+    def __init__(self, device: str):
+        import torch
+        self.keep = [(time, "perf_counter"), (time, "time"), (time, "monotonic"), (torch, "allclose"),
+                     (torch, "equal")]
+        if device == "cuda":
+            self.keep += [(torch.cuda, "synchronize"), (torch.cuda, "Event"), (torch.cuda.Event, "elapsed_time")]
+        self.originals = [getattr(owner, name) for owner, name in self.keep]
+        self.threads = threading.active_count()
+
+    def changes(self) -> list[str]:
+        out = [f"patches {getattr(owner, '__name__', owner)}.{name}"
+               for (owner, name), fn in zip(self.keep, self.originals) if getattr(owner, name) is not fn]
+        if threading.active_count() > self.threads:
+            out.append("leaves extra threads running")
+        return out
+
+
+def run(spec: dict, v: dict) -> None:
+    """The stages in order; a Failed or a Violation ends them (main() turns either into the verdict)."""
+    import torch
+    import triton  # noqa: F401  (imported before the guard is on)
+    device, code = spec["device"], spec["candidate_code"]
+    _count_launches()
+    _watch_threads()
+    ref = _load(spec["problem_code"], "reference")
+    Model, get_inputs, get_init_inputs = ref["Model"], ref["get_inputs"], ref["get_init_inputs"]
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as e:
+        raise Failed("syntax_or_import_error", f"SyntaxError: {e.msg} (line {e.lineno})") from e
+    v["parsed"] = True
+    findings = static_findings(tree)
+    watch = Watch(device)
+
+    STATE["guard"] = True
+    ModelNew = _guarded("syntax_or_import_error", _load, code, "candidate").get("ModelNew")
     if not isinstance(ModelNew, type):
-        v.update(failure="missing_model_new", detail="the code defines no class ModelNew")
-        return
+        raise Failed("missing_model_new", "the code defines no class ModelNew")
     if issubclass(ModelNew, Model) or getattr(ModelNew, "forward", None) is getattr(Model, "forward", None):
         findings.append("ModelNew reuses the reference Model")
-
-    seed, trials = spec["seed"], spec["trials"]
     init = get_init_inputs()
-    torch.manual_seed(seed)
+    torch.manual_seed(spec["seed"])                   # both models from the same seed
     ref_model = Model(*init).to(device)
-    torch.manual_seed(seed)
-    new_model = ModelNew(*init).to(device)
+    torch.manual_seed(spec["seed"])
+    new_model = _guarded("runtime_error", lambda: ModelNew(*init).to(device))
+
+    mismatch = _trials(spec, v, ref_model, new_model, get_inputs, findings)
+    findings += watch.changes()
+    STATE["guard"] = False
+    v["flags"] = list(dict.fromkeys(findings + VIOLATIONS))          # in order, once each
+    if v["flags"]:
+        raise Failed("integrity_violation", "; ".join(v["flags"]))
+    if mismatch:
+        raise Failed(*mismatch)
+    v["correct"] = True
+    if device == "cuda":
+        _speed(spec, v, ref_model, new_model, get_inputs)
+
+
+def _trials(spec, v, ref_model, new_model, get_inputs, findings: list[str]) -> tuple[str, str] | None:
+    """Fresh inputs each trial (new values, new allocations), cloned per model; the candidate runs over poisoned
+    memory with its ATen ops recorded and its launches counted. Then the first trial again over other garbage.
+    Appends integrity findings; returns the first shape/numeric mismatch, if any."""
+    import torch
+    device = spec["device"]
     recorder = _AtenRecorder()
-    launches, errs = [], []
-    first = None
-    for trial in range(trials):
-        torch.manual_seed(seed + 1 + trial)           # new values (and new allocations) every trial
+    launches, errs, first, mismatch = [], [], None, None
+    for trial in range(spec["trials"]):
+        torch.manual_seed(spec["seed"] + 1 + trial)
         inputs = _clone(get_inputs(), device)
         ref_in, new_in = _clone(inputs, device), _clone(inputs, device)
         with torch.no_grad():
             ref_out = ref_model(*ref_in)
             _poison(ref_out, device, float("nan") if trial % 2 == 0 else 1e30)
             STATE["launches"] = 0
-            try:
+
+            def forward():
                 with recorder.mode:
                     out = new_model(*new_in)
                 if device == "cuda":
                     torch.cuda.synchronize()
-            except Violation:
-                raise
-            except Exception as e:
-                if VIOLATIONS:
-                    raise Violation(VIOLATIONS[0])
-                cls = "triton_compile_error" if _is_compile_error(e) else "runtime_error"
-                v.update(failure=cls, detail=f"{type(e).__name__}: {str(e)[:800]}")
-                return
+                return out
+            out = _guarded("runtime_error", forward)
         v["compiled"] = True
         launches.append(STATE["launches"])
-        for i, (a, b) in enumerate(zip(inputs, new_in)):
-            if isinstance(a, torch.Tensor) and not torch.equal(a, b):
-                findings.append(f"mutates its input {i}")
+        findings += [f"mutates its input {i}" for i, (a, b) in enumerate(zip(inputs, new_in))
+                     if isinstance(a, torch.Tensor) and not torch.equal(a, b)]
         failure, detail, max_err, mean_err = _compare(out, ref_out)
         if failure == "integrity_violation":
             findings.append(detail)
         elif failure:
-            v.update(failure=failure, detail=f"trial {trial}: {detail}", max_abs_err=max_err, mean_abs_err=mean_err)
+            v.update(max_abs_err=max_err, mean_abs_err=mean_err)
+            mismatch = (failure, f"trial {trial}: {detail}")
             break
         errs.append((max_err, mean_err))
         if trial == 0 and type(out) is torch.Tensor:
@@ -324,31 +363,18 @@ def run(spec: dict, v: dict) -> None:
         findings.append("no Triton kernel launched in a forward")
     if recorder.mode.seen:
         findings.append("computes with torch ops outside its kernels: " + ", ".join(sorted(recorder.mode.seen)))
-    if first is not None and not v.get("failure"):
-        # determinism: the first trial again, over different garbage; reading unwritten memory shows up here
+    if first is not None and mismatch is None:
+        # determinism: reading memory the kernel never wrote (or hidden state) shows up as a different answer
         with torch.no_grad():
             _poison(first[1], device, -7.0)
-            again = new_model(*_clone(first[0], device))
-        if type(again) is torch.Tensor and again.shape == first[1].shape and not torch.equal(again.cpu(), first[1].cpu()):
+            again = _guarded("runtime_error", new_model, *_clone(first[0], device))
+        if type(again) is torch.Tensor and again.shape == first[1].shape and \
+                not torch.equal(again.cpu(), first[1].cpu()):
             findings.append("output changes between identical calls (uninitialised memory or state)")
-    for (owner, name), fn in zip(keep, originals):
-        if getattr(owner, name) is not fn:
-            findings.append(f"patches {getattr(owner, '__name__', owner)}.{name}")
-    if threading.active_count() > threads_before:
-        findings.append("leaves extra threads running")
-    STATE["guard"] = False
-    v["flags"] = findings + VIOLATIONS
     if errs:
         v["max_abs_err"] = max(e[0] for e in errs)
         v["mean_abs_err"] = sum(e[1] for e in errs) / len(errs)
-    if v["flags"]:
-        v.update(failure="integrity_violation", detail="; ".join(v["flags"]))
-        return
-    if v.get("failure"):
-        return
-    v["correct"] = True
-    if device == "cuda":
-        _speed(spec, v, ref_model, new_model, get_inputs)
+    return mismatch
 
 
 def _speed(spec, v, ref_model, new_model, get_inputs) -> None:
@@ -372,9 +398,18 @@ def _speed(spec, v, ref_model, new_model, get_inputs) -> None:
 
 
 def _is_compile_error(e: BaseException) -> bool:
-    names = {type(x).__name__ for x in _chain(e)}
-    return bool(names & {"CompilationError", "CompileTimeAssertionFailure", "UnsupportedLanguageConstruct"}) or \
-        any("triton.compiler" in type(x).__module__ for x in _chain(e))
+    """A Triton compile error on a GPU; under the interpreter (no compiler), an error raised by triton.language's
+    own checks (a non-power-of-2 arange, a type error) or a missing `tl.` function: what the compiler would reject."""
+    import traceback as tb
+    for x in _chain(e):
+        if type(x).__name__ in {"CompilationError", "CompileTimeAssertionFailure", "UnsupportedLanguageConstruct"} \
+                or "triton.compiler" in type(x).__module__:
+            return True
+        if isinstance(x, AttributeError) and "triton.language" in str(x):
+            return True
+        if any(f"{os.sep}triton{os.sep}language{os.sep}" in frame.filename for frame in tb.extract_tb(x.__traceback__)):
+            return True
+    return False
 
 
 def _chain(e: BaseException):
@@ -390,6 +425,8 @@ def main() -> None:
     v: dict = {"flags": []}
     try:
         run(spec, v)
+    except Failed as f:
+        v.update(failure=f.failure, detail=f.detail)
     except Violation:
         v.update(failure="integrity_violation", flags=sorted(set(v.get("flags", []) + VIOLATIONS)))
         v["detail"] = "; ".join(v["flags"])
