@@ -76,6 +76,10 @@ def test_config_errors_name_the_setting(tmp_path):
         load_config(None, ["--train.stepz", "3"])
     with pytest.raises(ValueError, match="optim.schedule"):
         load_config(None, ["--optim.schedule", "linear-ish"])
+    with pytest.raises(ValueError, match="model.device"):
+        load_config(None, ["--model.device", "gpu"])
+    from nemoh.train.setup import resolve_device
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     toml = tmp_path / "c.toml"
     toml.write_text("[train]\nsteps = 3\n[bogus]\nx = 1\n")
     with pytest.raises(ValueError, match="bogus"):

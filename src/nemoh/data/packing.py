@@ -22,6 +22,9 @@ class PackedBatch:
     def shape(self) -> tuple[int, int]:
         return tuple(self.input_ids.shape)  # type: ignore[return-value]
 
+    def to(self, device: torch.device | str) -> "PackedBatch":
+        return PackedBatch(self.input_ids.to(device), self.labels.to(device), self.seq_idx.to(device), self.num_tokens)
+
 
 def pack(examples: list[Example], seq_len: int) -> list[list[Example]]:
     """First-fit, in order: each row holds whole examples whose lengths sum to at most seq_len."""

@@ -58,8 +58,9 @@ def response_logprobs(model: NemotronHForCausalLM, samples: list[Sample], temper
         routed = torch.full((m, b, T, k), -1, dtype=torch.long)
         for i, s in enumerate(samples):
             routed[:, i, : s.routed.shape[1]] = s.routed
-    logits = model(ids, routed_experts=routed).logits / temperature          # (b,T,V)
-    pos = torch.zeros(b, R, dtype=torch.long)
+    dev = model.device
+    logits = model(ids.to(dev), routed_experts=None if routed is None else routed.to(dev)).logits / temperature
+    pos = torch.zeros(b, R, dtype=torch.long)                                  # logits: (b,T,V)
     tgt = torch.zeros(b, R, dtype=torch.long)
     mask = torch.zeros(b, R)
     for i, s in enumerate(samples):
@@ -67,6 +68,7 @@ def response_logprobs(model: NemotronHForCausalLM, samples: list[Sample], temper
         pos[i, :n] = torch.arange(p - 1, p - 1 + n)
         tgt[i, :n] = torch.tensor(s.response_ids)
         mask[i, :n] = 1
+    pos, tgt, mask = pos.to(dev), tgt.to(dev), mask.to(dev)
     picked = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))  # (b,R,V)
     logp_all = torch.log_softmax(picked.float(), -1)
     logp = logp_all.gather(-1, tgt[..., None])[..., 0]
@@ -197,19 +199,20 @@ class RLTrainer:
                 chunk = [samples[i] for i in idx]
                 logp, mask, ent = response_logprobs(self.model, chunk, temp, replay, need_entropy=True)
                 R = mask.shape[1]
-                old_t = _pad([old[i] for i in idx], R)
-                adv = torch.tensor([samples[i].advantage for i in idx])[:, None]
+                dev = logp.device
+                old_t = _pad([old[i] for i in idx], R).to(dev)
+                adv = torch.tensor([samples[i].advantage for i in idx], device=dev)[:, None]
                 ratio = self.ratio(logp, old_t, mask)
-                mask = mask * torch.tensor([float(i in keep) for i in idx])[:, None]   # masked overlong: weight 0
+                mask = mask * torch.tensor([float(i in keep) for i in idx], device=dev)[:, None]  # overlong: weight 0
                 n_tok = mask.sum().clamp(min=1.0)
                 pg, clipped = policy_loss(ratio, adv, a.eps_clip, a.eps_clip_high, a.eps_clip_c or None)
                 if a.use_tis:
-                    w, capped = tis_weights(old_t, _pad([samples[i].rollout_logp for i in idx], R), a.tis_cap)
+                    w, capped = tis_weights(old_t, _pad([samples[i].rollout_logp for i in idx], R).to(dev), a.tis_cap)
                     pg = pg * w
                     acc["tis_clipfrac"].append(float((capped * mask).sum() / n_tok))
                 loss_tok = pg
                 if self.ref is not None:
-                    kl = self.kl(logp, _pad([ref[i] for i in idx], R))
+                    kl = self.kl(logp, _pad([ref[i] for i in idx], R).to(dev))
                     loss_tok = loss_tok + a.kl_loss_coef * kl
                     acc["kl"].append(float((kl * mask).sum() / n_tok))
                 if a.entropy_coef > 0:

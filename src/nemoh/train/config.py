@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,13 @@ class ModelConfig:
     dtype: str = "float32"           # float32 | bfloat16
     gradient_checkpointing: bool = False
     scan_impl: str = "torch"
+    device: str = "auto"             # auto (this rank's GPU if there is one, else cpu) | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"model.dtype: expected float32 or bfloat16, got {self.dtype!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"model.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass

@@ -1,11 +1,23 @@
 """Model set-up shared by the SFT and RL trainers."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import torch
 
 from ..model import NemotronHForCausalLM
 from ..model.model import DTYPES
 from .config import ModelConfig
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: the GPU of this rank (LOCAL_RANK under torchrun) when CUDA is there, else the CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
 def build_model(cfg: ModelConfig, run_dir: Path, seed: int) -> tuple[NemotronHForCausalLM, Path]:
@@ -20,6 +32,7 @@ def build_model(cfg: ModelConfig, run_dir: Path, seed: int) -> tuple[NemotronHFo
             init_tiny(path, cfg.preset, seed=seed)
         if distributed:
             dist.barrier()
-    model = NemotronHForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype], scan_impl=cfg.scan_impl).train()
+    model = NemotronHForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype], device=resolve_device(cfg.device),
+                                                 scan_impl=cfg.scan_impl).train()
     model.set_gradient_checkpointing(cfg.gradient_checkpointing)
     return model, path

@@ -19,6 +19,7 @@ from ..data.packing import PackedBatch, trained_tokens
 from ..lora import LoRAConfig, apply_lora, lora_parameters, merge_lora, save_adapter
 from ..model import NemotronHForCausalLM
 from ..model.flops import flops_per_token
+from ..model.model import DTYPES
 from ..tokenizer import Tokenizer
 from .config import SFTConfig
 from .metrics import MetricsLogger
@@ -62,6 +63,7 @@ class PackedLoader:
 
 def token_loss(model: NemotronHForCausalLM, batch: PackedBatch, denominator: int) -> torch.Tensor:
     """Sum of token cross-entropies over trained tokens, divided by the step's trained-token count."""
+    batch = batch.to(model.device)
     logits = model(batch.input_ids, seq_idx=batch.seq_idx).logits
     return F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=-100, reduction="sum") / denominator
 
@@ -74,16 +76,23 @@ def load_packed(path: str, tok: Tokenizer, cfg: SFTConfig, errors: ErrorLog) -> 
     return pack(examples, cfg.data.seq_len)
 
 
-def measured_peak_flops(n: int = 1024) -> float:
-    a = torch.randn(n, n)
+def measured_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 1024) -> float:
+    """Matmul FLOP/s measured here, on the training device and dtype: MFU's denominator."""
+    if device.type == "cuda":
+        n = 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
     a @ a
-    best = min(_timed(lambda: a @ a) for _ in range(3))
+    best = min(_timed(lambda: a @ a, device) for _ in range(3))
     return 2 * n ** 3 / best
 
 
-def _timed(fn) -> float:
+def _timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t = time.perf_counter()
     fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - t
 
 
@@ -121,7 +130,7 @@ def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
         start, loader.epoch, loader.index = state["step"], state["data"]["epoch"], state["data"]["index"]
 
     flops_tok = 3 * flops_per_token(model.config, cfg.data.seq_len)
-    peak = measured_peak_flops()
+    peak = measured_peak_flops(model.device, DTYPES[cfg.model.dtype])
     log = MetricsLogger(run_dir, cfg.train.steps, start, show_progress and rank == 0, enabled=rank == 0)
     if errors.skipped and start == 0:
         log.log(0, {"skipped_rows": len(errors.skipped), "first_skipped": errors.skipped[0]})
