@@ -1,11 +1,12 @@
 """torchrun on CPU/gloo: every layout (FSDP2, tensor parallel, expert parallel and their combinations, 2 and 4
-processes) reproduces the single-process SFT run: losses, gradient norms and exported weights; checkpoints reshard
-between layouts; bad layouts are refused up front."""
+processes) reproduces the single-process run: every gradient after one backward, then SFT losses, gradient norms
+and exported weights, and RL; checkpoints reshard between layouts; bad layouts are refused up front."""
+import os
 import shutil
-from pathlib import Path
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,16 +19,21 @@ from nemoh.train.metrics import read_metrics
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def _sft(run_dir, nproc, rows_per_rank, *extra):
-    args = ["-m", "nemoh.cli.main", "sft", "--checkpoint.dir", str(run_dir), "--train.steps", "4", "--quiet",
-            "--data.rows_per_step", str(rows_per_rank), "--train.eval_every", "0", "--data.seq_len", "256", *extra]
+def _launch(nproc, args, env=None):
+    """python ARGS, under torchrun with a free rendezvous port when nproc > 1 (port 0 would hang it)."""
     if nproc > 1:
-        with socket.socket() as sock:  # a free port for the rendezvous (port 0 would hang it)
+        with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         args = ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(port), *args]
-    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _sft(run_dir, nproc, rows_per_rank, *extra):
+    args = ["-m", "nemoh.cli.main", "sft", "--checkpoint.dir", str(run_dir), "--train.steps", "4", "--quiet",
+            "--data.rows_per_step", str(rows_per_rank), "--train.eval_every", "0", "--data.seq_len", "256", *extra]
+    _launch(nproc, args)
 
 
 @pytest.fixture(scope="module")
@@ -87,17 +93,8 @@ def test_parallel_layouts_match_one_process(single, tmp_path, layout):
 
 
 def _grads(base, out, nproc, tp, ep, dp_shard):
-    import os
-    script = os.path.join(os.path.dirname(__file__), "parallel_grads.py")
-    args = [script, str(base), str(out), str(tp), str(ep), str(dp_shard)]
-    if nproc > 1:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        args = ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(port), *args]
-    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    import torch
+    script = Path(__file__).parent / "parallel_grads.py"
+    _launch(nproc, [str(script), str(base), str(out), str(tp), str(ep), str(dp_shard)])
     return torch.load(out)
 
 
@@ -215,16 +212,9 @@ RL_ARGS = ["--train.eval_every", "0", "--data.num_eval", "4", "--rollout.n_sampl
 
 
 def _rl(run_dir, nproc, *extra):
-    import os
     args = ["-m", "nemoh.cli.main", "rl", "--checkpoint.dir", str(run_dir), *RL_ARGS, *extra]
-    if nproc > 1:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        args = ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(port), *args]
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}  # the reward function lives in tests/
-    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    tests = str(Path(__file__).parent)  # the reward function lives in tests/
+    _launch(nproc, args, env={**os.environ, "PYTHONPATH": tests})
     return [r for r in read_metrics(run_dir) if "grad_norm" in r]
 
 
