@@ -309,15 +309,17 @@ def run(spec: dict, v: dict) -> None:
 
     mismatch = _trials(spec, v, ref_model, new_model, get_inputs, findings)
     findings += watch.changes()
-    STATE["guard"] = False
     v["flags"] = list(dict.fromkeys(findings + VIOLATIONS))          # in order, once each
     if v["flags"]:
         raise Failed("integrity_violation", "; ".join(v["flags"]))
     if mismatch:
         raise Failed(*mismatch)
     v["correct"] = True
-    if device == "cuda":
+    if device == "cuda":  # still guarded: the candidate runs again (torch.compile's own workers are allowed)
         _speed(spec, v, ref_model, new_model, get_inputs)
+        if watch.changes():
+            raise Failed("integrity_violation", "; ".join(watch.changes()))
+    STATE["guard"] = False
 
 
 def _trials(spec, v, ref_model, new_model, get_inputs, findings: list[str]) -> tuple[str, str] | None:
