@@ -428,9 +428,9 @@ def main() -> None:
     try:
         run(spec, v)
     except Failed as f:
-        v.update(failure=f.failure, detail=f.detail)
+        v.update(failure=f.failure, detail=f.detail, correct=False)
     except Violation:
-        v.update(failure="integrity_violation", flags=sorted(set(v.get("flags", []) + VIOLATIONS)))
+        v.update(failure="integrity_violation", correct=False, flags=sorted(set(v.get("flags", []) + VIOLATIONS)))
         v["detail"] = "; ".join(v["flags"])
     except MemoryError:
         v.update(failure="runtime_error", detail="MemoryError: the address-space limit was reached")
