@@ -119,7 +119,7 @@ def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     layout: Layout = SINGLE
     if world > 1:
         if cfg.lora.enabled:
-            raise NotImplementedError("parallel: LoRA training is single-process for now")
+            raise ValueError("lora.enabled: LoRA training is single-process for now (run without torchrun, or set lora.enabled = false)")
         layout = parallelize(model, ParallelConfig(**vars(cfg.parallel)), world)
         params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(params, cfg.optim)
