@@ -233,3 +233,13 @@ def test_rl_under_torchrun_reproduces_one_process(tmp_path):
     wa = load_file(tmp_path / "one" / "final" / "model.safetensors")
     wb = load_file(run / "final" / "model.safetensors")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
+def test_rl_with_one_engine_per_data_rank(tmp_path):
+    """rollout.engines = data_ranks: two engines each generate half of every round; all of them get the updated
+    weights (the train/rollout log-prob gap stays at float32 noise after each update) and the batch is complete."""
+    rows = _rl(tmp_path / "spread", 2, "--rollout.engines", "data_ranks", "--algo.dynamic_sampling", "true")
+    assert len(rows) == 3
+    for r in rows:
+        assert r["logprob_diff_max"] < 1e-4 and r["reward_failures"] == 0 and 0 < r["reward_mean"] < 1
+    assert (tmp_path / "spread" / "final" / "model.safetensors").exists()

@@ -29,6 +29,8 @@ class Rollout:
     rollout_max_response_len: int = 8
     rollout_max_prompt_len: int = 512   # the engine's context is prompt + response
     max_num_seqs: int = 64              # engine slots
+    engines: str = "rank0"              # under torchrun: rank0 (one engine, rollouts as in one process) |
+                                        # data_ranks (one engine per data rank, each generating its share)
 
 
 @dataclass
@@ -102,7 +104,8 @@ class RLConfig:
         for name, value, allowed in (("algo.advantage_estimator", a.advantage_estimator, ADVANTAGES),
                                      ("algo.kl_loss_type", a.kl_loss_type, KL_ESTIMATORS),
                                      ("algo.loss_agg", a.loss_agg, AGGREGATIONS),
-                                     ("algo.overlong", a.overlong, ("none", "mask", "penalty"))):
+                                     ("algo.overlong", a.overlong, ("none", "mask", "penalty")),
+                                     ("rollout.engines", r.engines, ("rank0", "data_ranks"))):
             if value not in allowed:
                 raise ValueError(f"{name}: unknown {value!r}; choose one of {sorted(allowed)}")
         if a.advantage_estimator in ("grpo", "gspo") and r.n_samples_per_prompt < 2:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -67,18 +68,22 @@ def sample_groups(llm: LLM, prompts: list[PromptExample], cfg: RLConfig, reward:
     return groups, tokens
 
 
-def collect(llm: LLM, sampler: PromptSampler, cfg: RLConfig, reward: RewardFn, seed: int,
-            chat_kwargs: dict) -> tuple[list[list[Sample]], dict[str, float]]:
+def collect(llm: LLM | None, sampler: PromptSampler, cfg: RLConfig, reward: RewardFn, seed: int,
+            chat_kwargs: dict, generate: Callable[[list[PromptExample], int], tuple[list[list[Sample]], int]] | None = None,
+            ) -> tuple[list[list[Sample]], dict[str, float]]:
     """rollout_batch_size groups; with dynamic sampling, only groups whose rewards differ (refilled by sampling more
-    prompts, up to max_sampling_rounds; if still short, zero-signal groups fill the rest)."""
+    prompts, up to max_sampling_rounds; if still short, zero-signal groups fill the rest). `generate(prompts,
+    seed)` replaces the one-engine sample_groups (the trainer spreads generation over ranks with it)."""
+    if generate is None:
+        def generate(prompts, s):
+            return sample_groups(llm, prompts, cfg, reward, s, chat_kwargs)
     need = cfg.rollout.rollout_batch_size
     t0 = time.perf_counter()
     kept: list[list[Sample]] = []
     dropped: list[list[Sample]] = []
     tokens, rounds, total = 0, 0, 0
     while len(kept) < need:
-        groups, n_tok = sample_groups(llm, sampler.take(need - len(kept) if rounds else need), cfg, reward,
-                                      seed * 1000 + rounds, chat_kwargs)
+        groups, n_tok = generate(sampler.take(need - len(kept) if rounds else need), seed * 1000 + rounds)
         tokens, rounds, total = tokens + n_tok, rounds + 1, total + len(groups)
         for g in groups:
             flat = len({s.reward for s in g}) == 1

@@ -2,11 +2,13 @@
 rollouts (engine) -> rewards -> advantages -> trainer logprobs (old, ref) -> optimizer steps over micro-batches ->
 weights into the engine in place -> log / eval / checkpoint.
 
-Under torchrun the policy is parallelised like SFT (FSDP2 / tp / ep, the `[parallel]` section) and rank 0 owns the
-rollout engine: it generates and scores the whole rollout batch on the gathered full weights and broadcasts the
-samples; each data rank then trains on its share of every global batch (tp ranks on the same share), with the loss
-normalised over the global batch, and after the update all ranks gather the weights for rank 0's engine. One
-engine keeps rollouts identical to a single process (tested); its cost is that generation is not spread over ranks.
+Under torchrun the policy is parallelised like SFT (FSDP2 / tp / ep, the `[parallel]` section). With
+`rollout.engines = "rank0"` (default) rank 0 owns the one rollout engine: it generates and scores the whole batch on
+the gathered full weights and broadcasts the samples, so rollouts are exactly those of a single process (tested).
+With `"data_ranks"` every data rank has an engine, generates and scores its share of each round's prompts (its own
+sampling seed) and the groups are all-gathered: generation and reward computation scale with the ranks. Either way
+each data rank then trains on its share of every global batch (tp ranks on the same share), with the loss normalised
+over the global batch, and after the update all ranks gather the weights for the engines.
 
 Legend: b sequences in a micro-batch, T padded prompt+response length, R padded response length, m MoE layers.
 """
@@ -239,7 +241,7 @@ class RLTrainer:
         lead = self.rank == 0
         self.warm_start()  # before sharding; under torchrun every rank runs the same seeded warm start
         llm = None
-        if lead:
+        if self._holds_engine():
             llm = LLM(copy.deepcopy(self.model).eval(), tokenizer=self.tok, max_num_seqs=cfg.rollout.max_num_seqs,
                       max_model_len=cfg.rollout.rollout_max_prompt_len + cfg.rollout.rollout_max_response_len)
         if cfg.algo.kl_loss_coef > 0:
@@ -287,12 +289,26 @@ class RLTrainer:
             self.model.save_pretrained(self.run_dir / "final", tokenizer_dir=self.base_path)
         return {**last, "eval_accuracy_before": acc_before, "eval_accuracy_after": acc_after}
 
+    def _holds_engine(self) -> bool:
+        """rank0: rank 0 only. data_ranks: the first tp rank of every data rank (tp is the mesh's innermost dim)."""
+        if self.world == 1 or self.cfg.rollout.engines == "rank0":
+            return self.rank == 0
+        return self.rank % self.cfg.parallel.tp == 0
+
     def _rollouts(self, llm: LLM | None, it: int) -> tuple[list[list[Sample]], dict[str, float]]:
-        """Rank 0 generates and scores the rollout batch; under torchrun the other ranks receive it."""
-        cfg = self.cfg
+        """rank0: rank 0 generates and scores the rollout batch and broadcasts it. data_ranks: every rank runs the
+        same sampling loop; each round's prompts are split over the engines and the groups all-gathered."""
+        cfg, seed = self.cfg, self.cfg.train.seed + it
+        if self.world > 1 and cfg.rollout.engines == "data_ranks":
+            import torch.distributed as dist
+            groups, roll = collect(llm, self.sampler, cfg, self.reward, seed, self.chat_kwargs,
+                                   generate=lambda prompts, s: self._spread(llm, prompts, s))
+            failures = [0] * self.world
+            dist.all_gather_object(failures, self.reward.failures)
+            return groups, {**roll, "reward_failures": sum(failures)}
         out = None
         if llm is not None:
-            groups, roll = collect(llm, self.sampler, cfg, self.reward, cfg.train.seed + it, self.chat_kwargs)
+            groups, roll = collect(llm, self.sampler, cfg, self.reward, seed, self.chat_kwargs)
             out = [groups, {**roll, "reward_failures": self.reward.failures}]
         if self.world > 1:
             import torch.distributed as dist
@@ -301,8 +317,28 @@ class RLTrainer:
             out = box[0]
         return out[0], out[1]
 
+    def _spread(self, llm: LLM | None, prompts: list, seed: int) -> tuple[list[list[Sample]], int]:
+        """Engine e of E takes prompts e, e+E, ... (its own sampling seed); every rank gets all groups in order."""
+        import torch.distributed as dist
+        from .rollout import sample_groups
+        engines = self.world // self.cfg.parallel.tp
+        e = self.rank // self.cfg.parallel.tp
+        mine = None
+        if llm is not None:
+            mine = sample_groups(llm, prompts[e::engines], self.cfg, self.reward, seed * engines + e, self.chat_kwargs)
+        gathered: list = [None] * self.world
+        dist.all_gather_object(gathered, (e, mine))
+        groups: list = [None] * len(prompts)
+        tokens = 0
+        for e_, result in gathered:
+            if result is not None:
+                for j, g in enumerate(result[0]):
+                    groups[e_ + j * engines] = g
+                tokens += result[1]
+        return groups, tokens
+
     def _sync_engine(self, llm: LLM | None) -> None:
-        """The trained weights into rank 0's engine, in place (gathered from the shards under torchrun)."""
+        """The trained weights into the engine(s), in place (gathered from the shards under torchrun)."""
         if self.world == 1:
             llm.update_weights(self.model)
             return
