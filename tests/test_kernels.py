@@ -54,7 +54,7 @@ def judged(tmp_path_factory):
     for r in rows:  # aim the network cheat at our listener
         r["code"] = r["code"].replace('int(os.environ.get("NEMOH_TEST_PORT", "9"))', str(listener.getsockname()[1]))
     (d / "ex.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    verdicts = verify_traces(d / "ex.jsonl", d / "ex.verdicts.jsonl", SandboxConfig(timeout_s=15), workers=2,
+    verdicts = verify_traces(d / "ex.jsonl", d / "ex.verdicts.jsonl", SandboxConfig(timeout_s=30), workers=2,
                              progress=False)
     stop.set()
     t.join()

@@ -22,7 +22,7 @@ import traceback
 
 CANDIDATE_FILE = "<candidate>"
 VIOLATIONS: list[str] = []
-STATE = {"guard": False, "in_launch": 0, "launches": 0}
+STATE = {"guard": False, "in_launch": 0, "launches": 0, "gpu_launches": 0}
 ALLOWED_DIRS: list[str] = []
 TOLERANCE = {"float32": 1e-4, "float64": 1e-6, "float16": 1e-2, "bfloat16": 2e-2}
 # ATen ops a kernel wrapper may use outside its kernels: allocation, views, layout and dtype copies, no math
@@ -101,6 +101,11 @@ def _count_launches() -> None:
         from triton.runtime.interpreter import InterpretedFunction
         classes.append(InterpretedFunction)
     except ImportError:
+        pass
+    try:  # on a GPU, Triton's own launch hook also counts every kernel actually launched on the device
+        from triton import knobs
+        knobs.runtime.launch_enter_hook.add(lambda *_: STATE.__setitem__("gpu_launches", STATE["gpu_launches"] + 1))
+    except (ImportError, AttributeError):
         pass
     for cls in classes:
         original = cls.run
@@ -337,7 +342,7 @@ def _trials(spec, v, ref_model, new_model, get_inputs, findings: list[str]) -> t
         with torch.no_grad():
             ref_out = ref_model(*ref_in)
             _poison(ref_out, device, float("nan") if trial % 2 == 0 else 1e30)
-            STATE["launches"] = 0
+            STATE["launches"] = STATE["gpu_launches"] = 0
 
             def forward():
                 with recorder.mode:
@@ -347,7 +352,8 @@ def _trials(spec, v, ref_model, new_model, get_inputs, findings: list[str]) -> t
                 return out
             out = _guarded("runtime_error", forward)
         v["compiled"] = True
-        launches.append(STATE["launches"])
+        # interpreter: launches entered; GPU: kernels the device actually ran (the hook), when it reports any
+        launches.append(STATE["gpu_launches"] if device == "cuda" and STATE["gpu_launches"] else STATE["launches"])
         findings += [f"mutates its input {i}" for i, (a, b) in enumerate(zip(inputs, new_in))
                      if isinstance(a, torch.Tensor) and not torch.equal(a, b)]
         failure, detail, max_err, mean_err = _compare(out, ref_out)
