@@ -77,6 +77,7 @@ def test_fsdp_two_processes_match_one(single, tmp_path):
 
 
 LAYOUTS = {  # name: (processes, rows per data rank, flags); tp ranks share their data rank's rows
+    "hsdp2_tp2": (4, 1, ["--parallel.dp_replicate", "2", "--parallel.tp", "2", "--parallel.dp_shard", "1"]),
     "tp2": (2, 2, ["--parallel.tp", "2", "--parallel.dp_shard", "1"]),
     "ep2": (2, 1, ["--parallel.ep", "2", "--parallel.dp_shard", "1"]),
     "tp2_ep2": (4, 1, ["--parallel.tp", "2", "--parallel.ep", "2", "--parallel.dp_shard", "1"]),
@@ -92,14 +93,15 @@ def test_parallel_layouts_match_one_process(single, tmp_path, layout):
     _same_run(single, run)
 
 
-def _grads(base, out, nproc, tp, ep, dp_shard):
+def _grads(base, out, nproc, tp, ep, dp_shard, dp_replicate=1):
     script = Path(__file__).parent / "parallel_grads.py"
-    _launch(nproc, [str(script), str(base), str(out), str(tp), str(ep), str(dp_shard)])
+    _launch(nproc, [str(script), str(base), str(out), str(tp), str(ep), str(dp_shard), str(dp_replicate)])
     return torch.load(out)
 
 
-GRAD_LAYOUTS = {"fsdp2": (2, 1, 1, 2), "tp2": (2, 2, 1, 1), "ep2": (2, 1, 2, 1), "tp2_ep2": (4, 2, 2, 1),
-                "fsdp2_tp2": (4, 2, 1, 2), "fsdp2_ep2": (4, 1, 2, 2)}
+GRAD_LAYOUTS = {  # name: (processes, tp, ep, dp_shard, dp_replicate)
+    "fsdp2": (2, 1, 1, 2, 1), "tp2": (2, 2, 1, 1, 1), "ep2": (2, 1, 2, 1, 1), "tp2_ep2": (4, 2, 2, 1, 1),
+    "fsdp2_tp2": (4, 2, 1, 2, 1), "fsdp2_ep2": (4, 1, 2, 2, 1), "hsdp2x2": (4, 1, 1, 2, 2), "hsdp2_ep2": (4, 1, 2, 1, 2)}
 
 
 @pytest.fixture(scope="module")

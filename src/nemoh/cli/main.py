@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # bad input: one clear line, no traceback
         print(f"nemoh {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if args.command in OVERRIDABLE:  # the training commands may have joined a torchrun process group
+            from ..parallel import shutdown_distributed
+            shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ FSDP2 then shards what each rank holds over the data ranks."""
 from __future__ import annotations
 
 import os
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -16,23 +17,27 @@ from ..model.config import NemotronHConfig
 
 @dataclass
 class ParallelConfig:
-    dp_shard: int = -1                 # -1: all ranks not used by tp/ep
+    dp_shard: int = -1                 # -1: all ranks not used by dp_replicate, tp, ep
     tp: int = 1
     ep: int = 1
     mixed_precision: bool = False      # bf16 compute params, fp32 gradient reduction
     cpu_offload: bool = False
     activation_checkpointing: bool = False
+    dp_replicate: int = 1              # > 1: HSDP, FSDP inside groups of dp_shard x ep ranks (a node), replicas across
 
     def resolve(self, world_size: int, model: NemotronHConfig | None = None) -> "ParallelConfig":
         """Fill dp_shard and check the layout against the world size and the model's shapes."""
-        if self.tp < 1 or self.ep < 1:
-            raise ValueError(f"parallel: tp={self.tp} and ep={self.ep} must be >= 1")
-        if self.dp_shard == -1 and world_size % (self.tp * self.ep):
-            raise ValueError(f"parallel: the world size {world_size} is not divisible by tp={self.tp} x ep={self.ep}")
-        dp = self.dp_shard if self.dp_shard != -1 else world_size // (self.tp * self.ep)
-        if dp * self.tp * self.ep != world_size:
-            raise ValueError(f"parallel: dp_shard={dp} x tp={self.tp} x ep={self.ep} = {dp * self.tp * self.ep} "
-                             f"does not match the world size {world_size}")
+        if self.tp < 1 or self.ep < 1 or self.dp_replicate < 1:
+            raise ValueError(f"parallel: tp={self.tp}, ep={self.ep} and dp_replicate={self.dp_replicate} must be >= 1")
+        fixed = self.dp_replicate * self.tp * self.ep
+        named = ([f"dp_replicate={self.dp_replicate}"] if self.dp_replicate > 1 else []) + [f"tp={self.tp}",
+                                                                                            f"ep={self.ep}"]
+        if self.dp_shard == -1 and world_size % fixed:
+            raise ValueError(f"parallel: the world size {world_size} is not divisible by {' x '.join(named)}")
+        dp = self.dp_shard if self.dp_shard != -1 else world_size // fixed
+        if dp * fixed != world_size:
+            raise ValueError(f"parallel: dp_replicate={self.dp_replicate} x dp_shard={dp} x tp={self.tp} x "
+                             f"ep={self.ep} = {dp * fixed} does not match the world size {world_size}")
         if model is not None:
             if model.num_attention_heads % self.tp or model.num_key_value_heads % self.tp:
                 raise ValueError(f"parallel.tp: {self.tp} must divide num_attention_heads={model.num_attention_heads} "
@@ -41,8 +46,16 @@ class ParallelConfig:
                 raise ValueError(f"parallel.tp: {self.tp} must divide the Mamba n_groups={model.n_groups}")
             if "moe" in model.block_types and model.n_routed_experts % self.ep:
                 raise ValueError(f"parallel.ep: {self.ep} must divide n_routed_experts={model.n_routed_experts}")
-        return ParallelConfig(dp, self.tp, self.ep, self.mixed_precision, self.cpu_offload,
-                              self.activation_checkpointing)
+        return dataclasses.replace(self, dp_shard=dp)
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group cleanly (all ranks together): exiting with gloo's threads still running can abort
+    a rank at interpreter exit."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def init_distributed() -> tuple[int, int]:
@@ -60,8 +73,9 @@ def init_distributed() -> tuple[int, int]:
 
 @dataclass
 class Layout:
-    """Where this rank sits: the mesh (dp_shard, ep, tp), and which data it reads. Ranks that differ only in tp see
-    the same tokens; the `dp_shard x ep` ranks (the data ranks) each read their own share of a step."""
+    """Where this rank sits: the mesh (dp_replicate, dp_shard, ep, tp), and which data it reads. Ranks that differ
+    only in tp see the same tokens; the `dp_replicate x dp_shard x ep` ranks (the data ranks) each read their own
+    share of a step."""
     cfg: ParallelConfig
     mesh: object | None = None               # DeviceMesh, None in a single process
 
@@ -110,8 +124,13 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int) -> Layou
     from .expert_parallel import apply_ep
     from .tensor_parallel import apply_tp
     cfg = cfg.resolve(world_size, getattr(model, "config", None))
-    mesh = init_device_mesh(_device(), (cfg.dp_shard, cfg.ep, cfg.tp), mesh_dim_names=("dp_shard", "ep", "tp"))
-    mesh["dp_shard", "ep"]._flatten("dp")
+    mesh = init_device_mesh(_device(), (cfg.dp_replicate, cfg.dp_shard, cfg.ep, cfg.tp),
+                            mesh_dim_names=("dp_replicate", "dp_shard", "ep", "tp"))
+    mesh["dp_replicate", "dp_shard", "ep"]._flatten("dp")       # every data rank
+    mesh["dp_shard", "ep"]._flatten("dp_shard_ep")               # what FSDP shards non-expert parameters over
+    hsdp = cfg.dp_replicate > 1                                   # then FSDP meshes are 2-D: (replicate, shard)
+    dense_mesh = mesh["dp_replicate", "dp_shard_ep"] if hsdp else mesh["dp_shard_ep"]
+    expert_mesh = mesh["dp_replicate", "dp_shard"] if hsdp else mesh["dp_shard"]
     layout = Layout(cfg, mesh)
     if cfg.tp > 1:
         apply_tp(model, layout.group("tp"))
@@ -134,9 +153,9 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int) -> Layou
     for block in blocks:
         for m in block.modules():  # experts first, over dp_shard only: ep already splits them
             if isinstance(m, Experts):
-                sharded.append(fully_shard(m, mesh=mesh["dp_shard"], **kwargs))
-        sharded.append(fully_shard(block, mesh=mesh["dp"], ignored_params=fp32, **kwargs))
-    sharded.append(fully_shard(model, mesh=mesh["dp"], ignored_params=fp32, **kwargs))
+                sharded.append(fully_shard(m, mesh=expert_mesh, **kwargs))
+        sharded.append(fully_shard(block, mesh=dense_mesh, ignored_params=fp32, **kwargs))
+    sharded.append(fully_shard(model, mesh=dense_mesh, ignored_params=fp32, **kwargs))
     for m in sharded:  # a plain SUM (gloo has no PREMUL_SUM)
         m.set_gradient_divide_factor(1.0)
         m.set_force_sum_reduction_for_comms(True)

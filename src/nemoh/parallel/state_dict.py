@@ -8,6 +8,8 @@ FSDP-sharded tensor; torch.distributed.checkpoint then reshards between any two 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -140,18 +142,23 @@ def sync_replicated_grads(model: nn.Module) -> None:
 def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     """Finish the gradients (sync_replicated_grads), then the global 2-norm over all ranks, then clip. Each distinct
     gradient value counts once: a tensor's local sum of squares is divided by how many ranks hold the same values
-    (the data ranks unless FSDP shards it, times the tp ranks unless tp splits it)."""
+    (the data ranks over those that FSDP or ep split it across, times the tp ranks unless tp splits it)."""
     sync_replicated_grads(model)
     layout = layout_of(model)
     specs = shard_specs(model)
-    tp, data = layout.size("tp"), layout.data_world
+    tp, ep, data = layout.size("tp"), layout.size("ep"), layout.data_world
     grads = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
     total = torch.zeros((), dtype=torch.float64)
     for name, g in grads:
         local = g.to_local() if _is_dtensor(g) else g
         sq = local.detach().double().pow(2).sum().cpu()
         spec = specs.get(name)
-        copies = (1 if _is_dtensor(g) else data) * (1 if spec is not None and spec.group == "tp" else tp)
+        distinct = 1                    # how many data ranks hold different values of this tensor
+        if _is_dtensor(g):              # FSDP shards (HSDP: over its shard dim only; replicas hold copies)
+            distinct = math.prod(g.device_mesh.size(i) for i, pl in enumerate(g.placements) if pl.is_shard())
+        if spec is not None and spec.group == "ep":
+            distinct *= ep
+        copies = data // distinct * (1 if spec is not None and spec.group == "tp" else tp)
         total += sq / copies
     if layout.mesh is not None:
         t = total.to("cuda" if torch.cuda.is_available() else "cpu")

@@ -102,6 +102,7 @@ class ParallelSection:
     mixed_precision: bool = False
     cpu_offload: bool = False
     activation_checkpointing: bool = False
+    dp_replicate: int = 1            # > 1: HSDP (shard within a group of ranks, replicate across groups)
 
 
 @dataclass
