@@ -90,6 +90,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-mem", type=float, default=80.0, help="GiB per GPU")
     p.add_argument("--tp", type=int, default=None, help="default: the config's [parallel] tp, else 1")
     p.add_argument("--ep", type=int, default=None, help="default: the config's [parallel] ep, else 1")
+    p.add_argument("--dp-replicate", type=int, default=None, help="HSDP replicas; default: the config's, else 1")
     p.add_argument("--micro-batch-tokens", type=int, default=8192)
     p.add_argument("--no-activation-checkpointing", action="store_true")
     p.add_argument("--optimizer-offload", action="store_true", help="AdamW state on the CPU")
@@ -111,16 +112,18 @@ def run_plan(args: argparse.Namespace) -> int:
         cfg = NemotronHConfig.from_pretrained(path) if model.get("path") and path.exists() \
             else get_preset(model.get("preset", "tiny"))
         tp, ep = tp or par.get("tp", 1), ep or par.get("ep", 1)
+        args.dp_replicate = args.dp_replicate or par.get("dp_replicate", 1)
     else:
         cfg = get_preset(args.model) if args.model in PRESETS else NemotronHConfig.from_pretrained(args.model)
-    tp, ep = tp or 1, ep or 1
-    ParallelConfig(tp=tp, ep=ep).resolve(args.gpus, cfg)  # the layout's own checks, with the numbers
+    tp, ep, rep = tp or 1, ep or 1, args.dp_replicate or 1
+    ParallelConfig(tp=tp, ep=ep, dp_replicate=rep).resolve(args.gpus, cfg)  # the layout's own checks, with the numbers
     args.tp, args.ep = tp, ep
     plan = plan_memory(cfg, args.gpus, args.gpu_mem, tp, ep, args.micro_batch_tokens,
                        activation_checkpointing=not args.no_activation_checkpointing,
-                       optimizer_offload=args.optimizer_offload)
+                       optimizer_offload=args.optimizer_offload, dp_replicate=rep)
     console.print(f"{args.model}: {plan.num_params / 1e9:.2f} B parameters on {args.gpus} GPUs "
-                  f"(tp={args.tp}, ep={args.ep}, FSDP over the rest), bf16 weights, AdamW")
+                  f"(tp={args.tp}, ep={args.ep}, " + (f"HSDP: {rep} replicas, FSDP within each"
+                                                      if rep > 1 else "FSDP over the rest") + "), bf16 weights, AdamW")
     print(plan.table())
     console.print(f"fits in {args.gpu_mem:.0f} GiB: {'yes' if plan.fits else 'NO'}")
     return 0

@@ -30,15 +30,17 @@ class MemoryPlan:
 
 def plan_memory(config: NemotronHConfig, gpus: int, gpu_mem_gib: float, tp: int = 1, ep: int = 1,
                 micro_batch_tokens: int = 8192, param_bytes: int = 2, activation_checkpointing: bool = True,
-                optimizer_offload: bool = False) -> MemoryPlan:
-    if gpus % (tp * ep):
-        raise ValueError(f"--gpus: {gpus} is not divisible by tp x ep = {tp * ep}")
+                optimizer_offload: bool = False, dp_replicate: int = 1) -> MemoryPlan:
+    if gpus % (tp * ep * dp_replicate):
+        raise ValueError(f"--gpus: {gpus} is not divisible by dp_replicate x tp x ep = {dp_replicate * tp * ep}")
     with torch.device("meta"):
         model = NemotronHForCausalLM(config)
     expert = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n or n.endswith(("experts.up_proj", "experts.down_proj")))
     dense = model.num_parameters() - expert
-    # experts split over ep (and sharded over the rest), everything else sharded over all GPUs (FSDP) / tp
-    per_gpu = dense / gpus + expert / gpus
+    # experts split over ep (and sharded over the rest), everything else sharded over all GPUs (FSDP) / tp;
+    # HSDP shards within a group of gpus / dp_replicate and keeps a full copy per group
+    group = gpus // dp_replicate
+    per_gpu = dense / group + expert / group
     params = per_gpu * param_bytes
     grads = per_gpu * param_bytes
     optimizer = 0.0 if optimizer_offload else per_gpu * 12          # fp32 master + m + v
