@@ -191,6 +191,8 @@ def test_memory_plan_against_published_layouts():
     sup_one = plan_memory(get_preset("super-120b-a12b"), gpus=8, gpu_mem_gib=80)
     sup_two = plan_memory(get_preset("super-120b-a12b"), gpus=16, gpu_mem_gib=141)
     assert not sup_one.fits and sup_two.fits  # Super needs two nodes, as the published recipe uses
+    hsdp = plan_memory(get_preset("nano-30b-a3b"), gpus=16, gpu_mem_gib=141, dp_replicate=2)
+    assert hsdp.params == pytest.approx(2 * plan_memory(get_preset("nano-30b-a3b"), gpus=16, gpu_mem_gib=141).params)
     r = subprocess.run([sys.executable, "-m", "nemoh.cli.main", "plan", "nano-30b-a3b", "--gpus", "8", "--gpu-mem",
                         "141"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "fits in 141 GiB: yes" in r.stdout and "optimizer" in r.stdout
