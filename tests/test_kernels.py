@@ -12,6 +12,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from net import free_port
 
 from nemoh.cli.main import main as cli
 from nemoh.kernels import (GenerateConfig, SandboxConfig, generate, kernelbench_reward, load_problems, pass_at_k,
@@ -19,11 +20,6 @@ from nemoh.kernels import (GenerateConfig, SandboxConfig, generate, kernelbench_
 from nemoh.kernels.problems import DATA
 from nemoh.kernels.prompts import extract_code, split_reasoning
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +257,7 @@ def test_end_to_end_against_nemoh_serve(tmp_path):
     """serve the tiny model -> generate -> verify -> report -> export: its kernels fail, the verdicts say so and the
     dataset is valid and empty."""
     assert cli(["init-tiny", str(tmp_path / "tiny")]) == 0
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "nemoh.cli.main", "serve", str(tmp_path / "tiny"), "--port",
                              str(port), "--served-model-name", "tiny", "--max-model-len", "4096"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

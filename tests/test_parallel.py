@@ -3,13 +3,13 @@ processes) reproduces the single-process run: every gradient after one backward,
 and exported weights, and RL; checkpoints reshard between layouts; bad layouts are refused up front."""
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from net import free_port
 from safetensors.torch import load_file
 
 from nemoh.model import get_preset
@@ -22,10 +22,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def _launch(nproc, args, env=None):
     """python ARGS, under torchrun with a free rendezvous port when nproc > 1 (port 0 would hang it)."""
     if nproc > 1:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        args = ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(port), *args]
+        args = ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(free_port()), *args]
     r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
 

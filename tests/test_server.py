@@ -1,6 +1,5 @@
 """A live `nemoh serve` subprocess on 127.0.0.1, driven by the real `openai` client and raw HTTP."""
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -10,20 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
+from net import free_port
 
 from scripted import SCRIPTS, WEATHER_TOOL, build_scripted
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     path = build_scripted(tmp_path_factory.mktemp("serve") / "scripted")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "nemoh.cli.main", "serve", str(path), "--port", str(port),
                              "--served-model-name", "tiny", "--max-model-len", "1024", "--max-num-seqs", "8"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -155,7 +155,7 @@ def _examples(args) -> int:
     problems = {p.stem: p for p in load_problems("builtin")}
     rows = []
     files = sorted((DATA / "solutions").glob("*.py")) + (sorted((DATA / "cheats").glob("*.py")) if args.cheats else [])
-    for i, f in enumerate(files):
+    for f in files:
         code = f.read_text()
         m = re.search(r"# problem: (\S+)", code)
         p = problems[m.group(1) if m else f.stem]

@@ -5,8 +5,8 @@ root. Tensor parallelism and expert parallelism work on local shards (tensor_par
 FSDP2 then shards what each rank holds over the data ranks."""
 from __future__ import annotations
 
-import os
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch

@@ -22,6 +22,11 @@ def _is_dtensor(t) -> bool:
     return hasattr(t, "full_tensor")
 
 
+def _local(t: Tensor) -> Tensor:
+    """This rank's part of a DTensor; a plain tensor as it is."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
 def _split_over(model: nn.Module, name: str, specs: dict[str, ShardSpec]) -> int:
     """0 when `name`'s tensor is canonical as it is (FSDP's DTensor or a plain tensor); else the size of the
     mesh dimension splitting it (1 for a fused parameter that is not split but is still stored by segment)."""
@@ -57,11 +62,9 @@ def _restore(model: nn.Module, name: str, dst: Tensor, pieces: list[Tensor], spe
     with torch.no_grad():
         if _split_over(model, name, specs) == 0:
             if pieces[0] is not dst:
-                (dst.to_local() if _is_dtensor(dst) else dst).copy_(
-                    pieces[0].to_local() if _is_dtensor(pieces[0]) else pieces[0])
+                _local(dst).copy_(_local(pieces[0]))
             return
-        locals_ = [p.to_local() if _is_dtensor(p) else p for p in pieces]
-        local = torch.cat(locals_, specs[name].dim)                  # this tp/ep rank's whole share
+        local = torch.cat([_local(p) for p in pieces], specs[name].dim)   # this tp/ep rank's whole share
         if _is_dtensor(dst):                                         # then this data rank's FSDP shard of it
             from torch.distributed.tensor import distribute_tensor
             local = distribute_tensor(local, dst.device_mesh, dst.placements, src_data_rank=None).to_local()
@@ -150,8 +153,7 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     grads = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
     total = torch.zeros((), dtype=torch.float64)
     for name, g in grads:
-        local = g.to_local() if _is_dtensor(g) else g
-        sq = local.detach().double().pow(2).sum().cpu()
+        sq = _local(g).detach().double().pow(2).sum().cpu()
         spec = specs.get(name)
         distinct = 1                    # how many data ranks hold different values of this tensor
         if _is_dtensor(g):              # FSDP shards (HSDP: over its shard dim only; replicas hold copies)
@@ -169,5 +171,5 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     if coef < 1.0:
         with torch.no_grad():
             for _, g in grads:
-                (g.to_local() if _is_dtensor(g) else g).mul_(coef)
+                _local(g).mul_(coef)
     return norm

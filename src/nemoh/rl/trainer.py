@@ -321,8 +321,7 @@ class RLTrainer:
         """Engine e of E takes prompts e, e+E, ... (its own sampling seed); every rank gets all groups in order."""
         import torch.distributed as dist
         from .rollout import sample_groups
-        engines = self.world // self.cfg.parallel.tp
-        e = self.rank // self.cfg.parallel.tp
+        engines, e = self.layout.data_world, self.layout.data_rank   # the tp ranks of a data rank share its engine
         mine = None
         if llm is not None:
             mine = sample_groups(llm, prompts[e::engines], self.cfg, self.reward, seed * engines + e, self.chat_kwargs)
