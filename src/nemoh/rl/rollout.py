@@ -26,6 +26,7 @@ class Sample:
     routed: Tensor | None         # (m, len(prompt)+len(response)-1, k) or None
     response_text: str
     advantage: float = 0.0
+    weight_version: int = 0       # optimizer steps in the weights that sampled it
 
 
 class PromptSampler:

@@ -1,0 +1,4 @@
+"""Where rollouts run: one `RolloutBackend` per placement or server protocol, chosen by `[rollout] backend`."""
+from .base import ROLLOUT_BACKENDS, BackendContext, RolloutBackend, build_backend, register_backend
+
+__all__ = ["ROLLOUT_BACKENDS", "BackendContext", "RolloutBackend", "build_backend", "register_backend"]

@@ -1,0 +1,66 @@
+"""The rollout backend interface and its registry.
+
+A backend turns prompts into scored groups of samples and keeps its rollout weights equal to the trainer's.
+`nemoh.rl.rollout.collect` (dynamic sampling, refills) drives `generate`; the trainer calls `sync_weights` after
+every optimizer step. Backends: in-process engines (`engine`), SGLang's native `/generate` (`sglang`) and vLLM's
+`/v1/completions` (`vllm`) over HTTP.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ...data.prompts import PromptExample
+    from ...model import NemotronHForCausalLM
+    from ...tokenizer import Tokenizer
+    from ..config import RLConfig
+    from ..rewards import RewardFn
+    from ..rollout import Sample
+
+
+@dataclass
+class BackendContext:
+    """What every backend may use; a backend takes what it needs."""
+    cfg: RLConfig
+    reward: RewardFn
+    tokenizer: Tokenizer
+    chat_kwargs: dict[str, Any] | None
+    model: NemotronHForCausalLM                 # the trainer's policy (in-process engines copy it)
+    extra: dict[str, Any] = field(default_factory=dict)   # placement-specific runtime objects (e.g. the layout)
+
+
+class RolloutBackend(ABC):
+    """Samples `n_samples_per_prompt` responses per prompt, scores them, and tracks the weight version."""
+
+    def __init__(self, ctx: BackendContext):
+        self.ctx = ctx
+        self.weight_version = 0                 # optimizer steps the rollout weights include
+
+    @abstractmethod
+    def generate(self, prompts: list[PromptExample], seed: int) -> tuple[list[list[Sample]], int]:
+        """One scored group per prompt (in prompt order) and the number of generated tokens."""
+
+    @abstractmethod
+    def sync_weights(self, model: NemotronHForCausalLM, version: int) -> None:
+        """Make the rollout weights equal `model`'s; `version` becomes `self.weight_version`."""
+
+    def close(self) -> None:
+        """Release servers, threads or engines the backend started."""
+
+
+ROLLOUT_BACKENDS: dict[str, type[RolloutBackend]] = {}
+
+
+def register_backend(name: str) -> Callable[[type[RolloutBackend]], type[RolloutBackend]]:
+    def wrap(cls: type[RolloutBackend]) -> type[RolloutBackend]:
+        ROLLOUT_BACKENDS[name] = cls
+        return cls
+    return wrap
+
+
+def build_backend(name: str, ctx: BackendContext) -> RolloutBackend:
+    if name not in ROLLOUT_BACKENDS:
+        raise ValueError(f"rollout.backend: unknown backend {name!r} (choose from {', '.join(sorted(ROLLOUT_BACKENDS))})")
+    return ROLLOUT_BACKENDS[name](ctx)
