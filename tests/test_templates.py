@@ -4,12 +4,19 @@ import copy
 import json
 
 import pytest
+from templates import (
+    HERMES_LIKE,
+    NANO_LIKE,
+    QWEN3_LIKE,
+    hermes_output,
+    nano_output,
+    qwen3_output,
+)
 
 from nemoh.cli.model_cmds import init_tiny
 from nemoh.data import chat_examples, load_chat_examples
 from nemoh.data.readers import ErrorLog, Row
 from nemoh.tokenizer import Tokenizer, normalize_messages
-from templates import HERMES_LIKE, NANO_LIKE, QWEN3_LIKE, hermes_output, nano_output, qwen3_output
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                            "parameters": {"type": "object", "properties": {
