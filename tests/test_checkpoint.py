@@ -126,3 +126,113 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     after = load_file(tmp_path / "out" / "model.safetensors")
     assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ref"]  # no temp dirs left behind
+
+
+def _e2m1_value(code: torch.Tensor) -> torch.Tensor:
+    """Reference e2m1 decoding from the bit fields (sign s, exponent e, mantissa m, bias 1), not a lookup table."""
+    s, e, m = (code >> 3) & 1, (code >> 1) & 3, code & 1
+    mag = torch.where(e == 0, m.float() * 0.5, (1 + m.float() * 0.5) * 2.0 ** (e.float() - 1))
+    return torch.where(s == 1, -mag, mag)
+
+
+def _quantise_nvfp4(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ModelOpt NVFP4: (packed uint8 (O, I/2), fp8 block scales (O, I/16), fp32 global scale, the dequantised
+    weight computed element by element from the bit fields)."""
+    O, I = t.shape
+    blocks = t.float().reshape(O, I // 16, 16)
+    global_scale = t.abs().max().float() / (6.0 * 448.0)
+    scale = (blocks.abs().amax(-1) / 6.0 / global_scale).to(torch.float8_e4m3fn)       # (O, I/16)
+    step = scale.float().unsqueeze(-1) * global_scale
+    x = (blocks / torch.where(step == 0, torch.ones_like(step), step)).reshape(O, I)
+    all_codes = torch.arange(16)
+    values = _e2m1_value(all_codes)                                                   # (16,)
+    codes = all_codes[(x.unsqueeze(-1) - values).abs().argmin(-1)]                    # nearest code, (O, I)
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8)                 # even element: low nibble
+    deq = (_e2m1_value(codes).reshape(O, I // 16, 16) * step).reshape(O, I)
+    return packed, scale, global_scale.reshape(()), deq
+
+
+def test_nvfp4_checkpoint_loads_dequantised(tmp_path):
+    """ModelOpt NVFP4 (packed e2m1 weight, fp8 per-16 block scales, fp32 global scale) on experts and Mamba
+    projections, dequantised on load to exactly the reference decoding."""
+    save_reference(tmp_path / "ref", "MEM*E")
+    sd = load_file(tmp_path / "ref" / "model.safetensors")
+    q, deq = {}, {}
+    for k, t in sd.items():
+        if k.endswith(("up_proj.weight", "down_proj.weight", "in_proj.weight", "out_proj.weight")) \
+                and t.shape[-1] % 16 == 0:  # the shared expert's down_proj (24 inputs) stays unquantised
+            stem = k[:-len("weight")]
+            q[k], q[stem + "weight_scale"], q[stem + "weight_scale_2"], deq[k] = _quantise_nvfp4(t)
+            q[stem + "input_scale"] = torch.tensor(1.0)
+        else:
+            q[k] = deq[k] = t
+    for name, tensors in (("nvfp4", q), ("deq", deq)):
+        (tmp_path / name).mkdir()
+        save_file(tensors, tmp_path / name / "model.safetensors")
+        cfg = json.loads((tmp_path / "ref" / "config.json").read_text())
+        if name == "nvfp4":
+            cfg["quantization_config"] = {"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16}
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+    model = NemotronHForCausalLM.from_pretrained(tmp_path / "nvfp4", dtype=torch.float32)
+    key = "backbone.layers.1.mixer.experts.3.up_proj.weight"
+    w = model.backbone.layers[1].mixer.experts.up_proj[3]
+    assert q[key].dtype == torch.uint8 and q[key].shape == (w.shape[0], w.shape[1] // 2)
+    # value x block scale x global scale, multiplied in another order than the loader's: 1 fp32 rounding apart
+    ulp = dict(rtol=2 ** -23 * 2, atol=0.0)
+    torch.testing.assert_close(w, deq[key], **ulp)
+    torch.testing.assert_close(model.backbone.layers[0].mixer.in_proj.weight,
+                               deq["backbone.layers.0.mixer.in_proj.weight"], **ulp)
+    # 4-bit: close to the original (relative error of a few %), but really quantised
+    assert not torch.equal(w, sd[key]) and (w - sd[key]).norm() < 0.2 * sd[key].norm()
+    ref = NemotronHForCausalLM.from_pretrained(tmp_path / "deq", dtype=torch.float32)
+    ids = torch.randint(0, 96, (2, 9))
+    with torch.no_grad():  # weights 1 ulp apart through 5 small layers: far below 1e-5 on logits of size ~1
+        assert (model(ids).logits - ref(ids).logits).abs().max() < 1e-5
+    # a block scale missing is named
+    del q["backbone.layers.0.mixer.in_proj.weight_scale_2"]
+    save_file(q, tmp_path / "nvfp4" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"in_proj.weight is packed NVFP4 \(uint8\) but has no weight_scale_2"):
+        NemotronHForCausalLM.from_pretrained(tmp_path / "nvfp4")
+
+
+def _damaged(data: bytes) -> dict[str, bytes]:
+    """Seven ways a safetensors file arrives broken."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    first = next(k for k in header if k != "__metadata__")
+    bad_offsets = dict(header)
+    bad_offsets[first] = {**header[first], "data_offsets": [0, 10**12]}
+    bad_dtype = dict(header)
+    bad_dtype[first] = {**header[first], "dtype": "Q7"}
+
+    def with_header(h: dict) -> bytes:
+        raw = json.dumps(h).encode()
+        return len(raw).to_bytes(8, "little") + raw + data[8 + n:]
+    return {"empty": b"", "short": data[:5], "huge_header_length": (10**15).to_bytes(8, "little") + data[8:],
+            "header_not_json": n.to_bytes(8, "little") + b"{" * n + data[8 + n:],
+            "truncated_data": data[: len(data) - 100], "offsets_past_end": with_header(bad_offsets),
+            "unknown_dtype": with_header(bad_dtype)}
+
+
+def test_corrupt_or_truncated_safetensors_name_the_file(tmp_path):
+    save_reference(tmp_path / "ref", "M*")
+    data = (tmp_path / "ref" / "model.safetensors").read_bytes()
+    for name, broken in _damaged(data).items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text((tmp_path / "ref" / "config.json").read_text())
+        (d / "model.safetensors").write_bytes(broken)
+        with pytest.raises(ValueError, match=r"model.safetensors: not a readable safetensors file") as e:
+            NemotronHForCausalLM.from_pretrained(d)
+        assert str(d) in str(e.value), name
+
+
+def test_a_device_this_machine_lacks_is_named(tmp_path):
+    save_reference(tmp_path / "ref", "M")
+    if torch.cuda.is_available():
+        bad = f"cuda:{torch.cuda.device_count()}"
+        match = "CUDA device"
+    else:
+        bad, match = "cuda", "CUDA is not available"
+    with pytest.raises(ValueError, match=f"device: '{bad}' asked for, but {match}"):
+        NemotronHForCausalLM.from_pretrained(tmp_path / "ref", device=bad)
