@@ -1,5 +1,6 @@
 """Hub-layout loading and saving: sharded files, FP8 dequantisation, clear errors, atomic writes."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,3 +237,56 @@ def test_a_device_this_machine_lacks_is_named(tmp_path):
         bad, match = "cuda", "CUDA is not available"
     with pytest.raises(ValueError, match=f"device: '{bad}' asked for, but {match}"):
         NemotronHForCausalLM.from_pretrained(tmp_path / "ref", device=bad)
+
+
+def test_checkpoint_rotation_is_atomic_and_killed_runs_are_cleaned_at_start(tmp_path, monkeypatch):
+    """A kill while an old checkpoint is deleted leaves it renamed away, never a half-deleted step_N; the next run's
+    start removes that, a killed save's temp dir, and a killed export's `.final.tmp-*` (its writer is gone)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from nemoh.model.presets import tiny
+    from nemoh.train import state
+    model = NemotronHForCausalLM.from_config(tiny(), seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    run = tmp_path / "run"
+    state.save_state(run, 1, model, opt, sched, {"epoch": 0, "index": 0}, keep=1)
+
+    real_rmtree = shutil.rmtree
+
+    def killed_rmtree(path, *a, **k):  # the process dies halfway through deleting a directory
+        files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+        for f in files[: len(files) // 2]:
+            f.unlink()
+        raise KeyboardInterrupt("killed mid-delete")
+    monkeypatch.setattr(state.shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        state.save_state(run, 2, model, opt, sched, {"epoch": 0, "index": 1}, keep=1)
+    monkeypatch.setattr(state.shutil, "rmtree", real_rmtree)
+    assert [p.name for p in state.checkpoints(run)] == ["step_000002"]  # the half-deleted one has no valid name
+    assert (run / "checkpoints" / ".step_000001.old").is_dir()
+
+    # leftovers of killed runs: a save's temp dir, two exports (dead writer; legacy name without a pid), and a
+    # live writer's export in progress, which must survive
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / "checkpoints" / ".step_000003.tmp").mkdir()
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        stale = [run / f".final.tmp-{int(dead.stdout)}-ab12cd", run / ".final.tmp-k2j3h4g5"]
+        busy = run / f".final.tmp-{live.pid}-zz99"
+        for d in (*stale, busy):
+            d.mkdir()
+            (d / "model.safetensors").write_bytes(b"\0" * 100)
+        state.prepare_run_dir(run)
+        left = sorted(p.name for p in run.iterdir()) + sorted(p.name for p in (run / "checkpoints").iterdir())
+        assert left == [busy.name, "checkpoints", "step_000002"]
+    finally:
+        live.kill()
+        live.wait()
+    # the export path cleans its own stale temps too, and a finished export leaves none
+    model.save_pretrained(run / "final")
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "final"]
+    with pytest.raises(ValueError, match="checkpoint.dir: .* is a file"):
+        state.prepare_run_dir(run / "final" / "config.json")

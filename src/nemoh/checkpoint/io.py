@@ -199,7 +199,8 @@ def save_pretrained(model: nn.Module, path: str | Path, max_shard_size: int | st
             t = t.to(dtype)
         tensors.append((key, t.detach().contiguous().cpu()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_temps(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         shards = _shards(tensors, limit)
         weight_map = {}
@@ -223,6 +224,39 @@ def save_pretrained(model: nn.Module, path: str | Path, max_shard_size: int | st
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# `.<name>.tmp-<pid>-<random>` (being written) and `.<name>.old-<pid>` (being deleted), by save_pretrained
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)(?:-.*)?|[^-]*)$")
+
+
+def remove_stale_temps(parent: Path, name: str | None = None) -> list[Path]:
+    """Delete the temp directories that killed saves (of `name`, or of any checkpoint) left in `parent`: those whose
+    writing process is gone. Returns what was removed."""
+    removed = []
+    if not parent.is_dir():
+        return removed
+    for p in parent.iterdir():
+        m = _TEMP_RE.match(p.name)
+        if not m or not p.is_dir() or (name is not None and m["name"] != name):
+            continue
+        if m["pid"] is not None and _alive(int(m["pid"])):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def _swap_into_place(tmp: Path, path: Path) -> None:
