@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from nemoh import NemotronHForCausalLM
@@ -61,3 +62,57 @@ def test_generate_and_chat(tmp_path):
     assert chat.stdout.count("> ") == 3  # two turns answered, then EOF at the third prompt
     dry = nemoh("serve", str(tmp_path / "tiny"), "--engine", "sglang", "--dry-run")
     assert dry.returncode == 0 and "sglang.launch_server" in dry.stdout
+
+
+def _run_main(capsys, *argv):
+    """The CLI entry point in this process (fast): (exit status, stderr)."""
+    from nemoh.cli.main import main
+    rc = main(list(argv))
+    return rc, capsys.readouterr().err
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    """Paths, devices and unreadable data: one line naming the setting or file, exit 2, no traceback."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    run = ["sft", "--train.steps", "1", "--data.eval", "", "--quiet"]
+    cases = {
+        "checkpoint.dir: " + str(a_file) + " is a file": ["--checkpoint.dir", str(a_file)],
+        str(tmp_path) + ": is a directory": ["--checkpoint.dir", str(tmp_path / "r1"), "--data.train", str(tmp_path)],
+    }
+    bad = tmp_path / "bad.jsonl"
+    good = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    bad.write_bytes(good.encode() + b"\n" + b'{"messages": "\xff\xfe"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    cases["bad.jsonl: skipped 2 of 3 rows"] = ["--checkpoint.dir", str(tmp_path / "r2"), "--data.train", str(bad)]
+    if not torch.cuda.is_available():
+        cases["device: 'cuda' asked for, but CUDA is not available"] = [
+            "--checkpoint.dir", str(tmp_path / "r3"), "--model.device", "cuda"]
+    for needle, extra in cases.items():
+        rc, err = _run_main(capsys, *run, *extra)
+        assert rc == 2 and needle in err and "Traceback" not in err, (needle, err)
+        assert err.strip().splitlines()[-1].startswith("nemoh sft: error: "), err
+    # the skipped rows were reported with file:line and reason on the way
+    rc, err = _run_main(capsys, *run, *cases["bad.jsonl: skipped 2 of 3 rows"])
+    assert "bad.jsonl:line 2: not valid UTF-8" in err and "bad.jsonl:line 3: not valid JSON (nested too deeply)" in err
+
+
+def test_corrupt_checkpoint_in_serve_and_debug_traceback(tmp_path, capsys):
+    from nemoh.cli.main import main
+    from nemoh.cli.model_cmds import init_tiny
+    weights = init_tiny(tmp_path / "tiny") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])  # a truncated download
+    r = nemoh("serve", str(tmp_path / "tiny"), "--port", "1")  # the real command line, as a user runs it
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"nemoh serve: error: {weights}: not a readable safetensors file (")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):  # --debug: the exception propagates
+        main(["--debug", "generate", str(tmp_path / "tiny"), "hi"])
+
+
+def test_info_on_a_config_only_folder_shows_total_and_active_parameters(tmp_path, capsys):
+    from nemoh.model.presets import get_preset
+    (tmp_path / "config.json").write_text(json.dumps(get_preset("nano-30b-a3b").to_dict()))
+    from nemoh.cli.main import main
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    # 6 of 128 routed experts active: NVIDIA's "30B-A3B" (31.6B total, 3.6B active with the embeddings)
+    assert "31.58 B total, 3.58 B active per token" in out.replace("\n", " ")

@@ -98,7 +98,7 @@ def test_malformed_rows_are_reported_with_place_and_reason(tmp_path, tok):
     assert len(examples) == 1
     reasons = "\n".join(errors.skipped)
     for needle in ("line 2: not valid JSON", "line 3: missing key 'messages'", "line 4: 'messages' must be a non-empty list",
-                   "line 5: message 0: content must be a string", "line 6: no assistant message"):
+                   "line 5: messages[0].content: must be a string", "line 6: no assistant message"):
         assert needle in reasons
     with pytest.raises(DataError, match="line 3: missing key 'messages'"):
         rows = [r for r in read_rows(path, ErrorLog("skip"))]

@@ -103,3 +103,17 @@ def test_batch_size_rule_and_miles_flags():
     assert (cfg.algo.eps_clip_high, cfg.algo.kl_loss_type, cfg.algo.use_tis) == (0.28, "low_var_kl", True)
     with pytest.raises(ValueError, match="kl_loss_type"):
         load_config(None, ["--algo.kl_loss_type", "k9"], cls=RLConfig)
+
+
+def test_reasoning_boundary_survives_skipped_special_tokens(tmp_path):
+    """`CompletionOutput.text` skips special tokens and `</think>` is one: the reward text finds the boundary by id."""
+    from nemoh.cli.model_cmds import init_tiny
+    from nemoh.rl.rewards import number_match, reward_text
+    from nemoh.tokenizer import Tokenizer
+    tok = Tokenizer.from_pretrained(init_tiny(tmp_path / "tiny"))
+    ids = tok.encode("<think>\nmaybe 12, no: 5+2\n</think>\n7<|im_end|>")
+    assert "</think>" not in tok.decode(ids)                      # what the engine's text holds
+    assert number_match(tok.decode(ids), 7) == 0.0                 # so the old reward saw no answer part
+    text = reward_text(ids, tok.decode, tok.think_end_id)
+    assert text.endswith("</think>\n7") and number_match(text, 7) == 1.0
+    assert reward_text(ids[:5], tok.decode, tok.think_end_id) == tok.decode(ids[:5])  # no boundary: plain decode

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 _EXPERT_RE = re.compile(r"^(.*\.experts)\.(\d+)\.(up_proj|down_proj)\.weight$")
 # ModelOpt quantisation side tensors: consumed while dequantising, never parameters.
-QUANT_AUX_SUFFIXES = (".weight_scale", ".input_scale", ".k_scale", ".v_scale", ".output_scale")
+QUANT_AUX_SUFFIXES = (".weight_scale", ".weight_scale_2", ".input_scale", ".k_scale", ".v_scale", ".output_scale")
 
 
 def from_hf(key: str) -> tuple[str, int | None]:

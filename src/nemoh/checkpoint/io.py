@@ -1,4 +1,4 @@
-"""Hub-layout checkpoints: load (single or sharded safetensors, bf16 or ModelOpt FP8) and save, atomically.
+"""Hub-layout checkpoints: load (single or sharded safetensors, bf16, ModelOpt FP8 or NVFP4) and save, atomically.
 
 Loading builds the model on the meta device, then allocates each parameter once, directly in its final dtype and
 device, and fills it tensor by tensor from the safetensors files: a large model is never materialised twice.
@@ -14,19 +14,19 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..model.config import NemotronHConfig
 from ..model.model import FP32_PARAM_SUFFIXES
 from .adapter import QUANT_AUX_SUFFIXES, from_hf, to_hf
+from .quant import DEQUANTIZERS
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json")
-FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 
 
 def parse_size(size: int | str) -> int:
@@ -59,20 +59,44 @@ def _weight_files(path: Path) -> list[Path]:
 
 
 def iter_hub_tensors(path: Path) -> Iterator[tuple[str, Tensor, str]]:
-    """(key, tensor, file) for every weight, with ModelOpt FP8 weights dequantised (weight.float() * weight_scale)."""
+    """(key, tensor, file) for every weight, ModelOpt FP8 and NVFP4 weights dequantised (checkpoint/quant.py).
+    A file that safetensors cannot read (truncated, corrupt header, bad offsets) is a ValueError naming it."""
     for file in _weight_files(path):
-        with safe_open(str(file), framework="pt") as f:
-            keys = set(f.keys())
-            for key in sorted(keys):
-                if key.endswith(QUANT_AUX_SUFFIXES):
-                    continue
-                t = f.get_tensor(key)
-                if t.dtype in FP8_DTYPES:
-                    scale_key = key[: -len("weight")] + "weight_scale" if key.endswith("weight") else None
-                    if scale_key not in keys:
-                        raise ValueError(f"{file.name}: {key} is {t.dtype} but has no {scale_key} to dequantise it")
-                    t = t.float() * f.get_tensor(scale_key).float()
-                yield key, t, file.name
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                keys = set(f.keys())
+                for key in sorted(keys):
+                    if key.endswith(QUANT_AUX_SUFFIXES):
+                        continue
+                    t = f.get_tensor(key)
+                    dequantize = DEQUANTIZERS.get(t.dtype) if key.endswith("weight") else None
+                    if dequantize is not None:
+                        stem = key[: -len("weight")]
+
+                        def side(name: str, f=f, stem=stem) -> Tensor | None:
+                            return f.get_tensor(stem + name) if stem + name in keys else None
+                        try:
+                            t = dequantize(t, side)
+                        except ValueError as e:
+                            raise ValueError(f"{file.name}: {key} {e}") from None
+                    yield key, t, file.name
+        except (SafetensorError, OSError, RuntimeError) as e:  # what safetensors raises for a damaged file
+            raise ValueError(f"{file}: not a readable safetensors file ({e})") from None
+
+
+def check_device(device: str | torch.device) -> None:
+    """A device this machine has, or a ValueError saying which is missing (before any allocation fails on it)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device: {device!r} is not a device name ({e})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {str(device)!r} asked for, but CUDA is not available on this machine; "
+                             "use cpu (or auto where the command has it)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {str(device)!r} asked for, but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
 
 
 def _materialise(model: nn.Module, dtype: torch.dtype, device: torch.device | str) -> None:
@@ -134,6 +158,7 @@ def load_pretrained(cls: type, path: str | Path, dtype: torch.dtype = torch.bflo
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"{path}: not a checkpoint directory")
+    check_device(device)
     config = NemotronHConfig.from_pretrained(path)
     if config_overrides:
         config = config.replace(**config_overrides)
@@ -174,7 +199,8 @@ def save_pretrained(model: nn.Module, path: str | Path, max_shard_size: int | st
             t = t.to(dtype)
         tensors.append((key, t.detach().contiguous().cpu()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_temps(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         shards = _shards(tensors, limit)
         weight_map = {}
@@ -198,6 +224,39 @@ def save_pretrained(model: nn.Module, path: str | Path, max_shard_size: int | st
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# `.<name>.tmp-<pid>-<random>` (being written) and `.<name>.old-<pid>` (being deleted), by save_pretrained
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)(?:-.*)?|[^-]*)$")
+
+
+def remove_stale_temps(parent: Path, name: str | None = None) -> list[Path]:
+    """Delete the temp directories that killed saves (of `name`, or of any checkpoint) left in `parent`: those whose
+    writing process is gone. Returns what was removed."""
+    removed = []
+    if not parent.is_dir():
+        return removed
+    for p in parent.iterdir():
+        m = _TEMP_RE.match(p.name)
+        if not m or not p.is_dir() or (name is not None and m["name"] != name):
+            continue
+        if m["pid"] is not None and _alive(int(m["pid"])):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def _swap_into_place(tmp: Path, path: Path) -> None:

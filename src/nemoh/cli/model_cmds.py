@@ -17,6 +17,7 @@ from ..tokenizer import SPECIAL_TOKENS, save_tiny_tokenizer
 from ..tokenizer.tiny import tiny_vocab_size
 
 console = Console()
+ROUTED_EXPERTS = (".experts.up_proj", ".experts.down_proj")  # stacked (E, F, L) routed-expert weights
 
 
 def init_tiny(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
@@ -104,12 +105,28 @@ def run_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_config(c: NemotronHConfig, title: str) -> None:
+def parameter_counts(c: NemotronHConfig) -> tuple[int, int]:
+    """(total, active per token) parameters of a config, counted on a meta-device model (nothing allocated): the
+    active count takes num_experts_per_tok of the n_routed_experts routed experts of each MoE layer."""
     with torch.device("meta"):
-        n = NemotronHForCausalLM(c).num_parameters()
+        model = NemotronHForCausalLM(c)
+    total = active = 0
+    for name, p in model.named_parameters():
+        n = p.numel()
+        total += n
+        active += n * c.num_experts_per_tok // c.n_routed_experts if name.endswith(ROUTED_EXPERTS) else n
+    return total, active
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n > 1e8 else f"{n:,}"
+
+
+def _print_config(c: NemotronHConfig, title: str) -> None:
+    total, active = parameter_counts(c)
     t = Table(title=title, show_header=False)
     t.add_row("pattern", f"{c.hybrid_override_pattern} ({c.num_hidden_layers} layers)")
-    t.add_row("parameters", f"{n / 1e9:.2f} B" if n > 1e8 else f"{n:,}")
+    t.add_row("parameters", _count(total) + (f" total, {_count(active)} active per token" if active != total else ""))
     t.add_row("hidden / vocab", f"{c.hidden_size} / {c.vocab_size}")
     t.add_row("attention heads / kv / dim", f"{c.num_attention_heads} / {c.num_key_value_heads} / {c.head_dim}")
     t.add_row("mamba H x P, G, N", f"{c.mamba_num_heads} x {c.mamba_head_dim}, {c.n_groups}, {c.ssm_state_size}")

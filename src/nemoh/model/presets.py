@@ -1,4 +1,5 @@
-"""Presets: the three published Nemotron-3 configs (values from their config.json) and tiny debug models."""
+"""Presets: the three published Nemotron-3 configs (values from their config.json; tests/test_presets.py checks
+them field by field against the published values) and tiny debug models."""
 from __future__ import annotations
 
 from typing import Callable
@@ -24,6 +25,7 @@ def nano_30b_a3b() -> NemotronHConfig:
     return NemotronHConfig(**{**_COMMON,
         "block_types": parse_pattern("MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME"),
         "hidden_size": 2688, "mamba_num_heads": 64, "chunk_size": 128,
+        "intermediate_size": 1856,  # as published; unused (no dense MLP layers)
         "n_routed_experts": 128, "num_experts_per_tok": 6, "moe_intermediate_size": 1856,
         "moe_shared_expert_intermediate_size": 3712, "routed_scaling_factor": 2.5, "eos_token_id": 2})
 
@@ -34,6 +36,7 @@ def super_120b_a12b() -> NemotronHConfig:
         "block_types": parse_pattern(
             "MEMEMEM*EMEMEMEM*EMEMEMEM*EMEMEMEMEM*EMEMEMEMEM*EMEMEMEMEM*EMEMEMEMEM*EMEMEMEM*EMEMEMEME"),
         "hidden_size": 4096, "mamba_num_heads": 128, "chunk_size": 128,
+        "intermediate_size": 21504,  # as published; unused (no dense MLP layers)
         "n_routed_experts": 512, "num_experts_per_tok": 22, "moe_intermediate_size": 2688,
         "moe_shared_expert_intermediate_size": 5376, "moe_latent_size": 1024, "routed_scaling_factor": 5.0,
         "num_nextn_predict_layers": 1, "mtp_block_types": ["attention", "moe"], "eos_token_id": [2, 11]})

@@ -13,9 +13,22 @@ from typing import Any, Callable
 log = logging.getLogger("nemoh.rewards")
 
 
+THINK_END = "</think>"
+
+
 def answer_part(response: str) -> str:
     """Only the text after the reasoning counts (the deepscaler grader's rule)."""
-    return response.split("</think>")[-1] if "</think>" in response else response
+    return response.split(THINK_END)[-1] if THINK_END in response else response
+
+
+def reward_text(token_ids: list[int], decode: Callable[[list[int]], str], think_end_id: int | None) -> str:
+    """The response as rewards read it: `reasoning</think>answer`, the boundary found by token id. The engine's
+    `CompletionOutput.text` skips special tokens, and Nemotron's tokenizer marks `</think>` special, so in that text
+    the end of the reasoning is gone; here it is restored whatever the tokenizer marks special."""
+    if think_end_id is None or think_end_id not in token_ids:
+        return decode(token_ids)
+    k = len(token_ids) - 1 - token_ids[::-1].index(think_end_id)
+    return decode(token_ids[:k]) + THINK_END + decode(token_ids[k + 1:])
 
 
 def last_boxed(text: str) -> str | None:

@@ -13,7 +13,7 @@ from torch import Tensor
 from ..data.prompts import PromptExample
 from ..engine import LLM, SamplingParams
 from .config import RLConfig
-from .rewards import RewardFn
+from .rewards import RewardFn, reward_text
 
 
 @dataclass
@@ -56,7 +56,9 @@ def sample_groups(llm: LLM, prompts: list[PromptExample], cfg: RLConfig, reward:
                         chat_template_kwargs=chat_kwargs if cfg.data.apply_chat_template else None)
     groups, tokens = [], 0
     for p, out in zip(prompts, outs):
-        texts = [c.text for c in out.outputs]
+        tok = llm.tokenizer
+        texts = [reward_text(c.token_ids, tok.decode, tok.think_end_id) if tok is not None else c.text
+                 for c in out.outputs]
         scores = reward(texts, p.label, p.prompt)
         group = []
         for c, s in zip(out.outputs, scores):

@@ -1,7 +1,7 @@
 """Tokenizer: a checkpoint's tokenizer.json + tokenizer_config.json (chat template included), without transformers.
 
 The chat template is rendered with jinja2 in a sandbox, with the helpers Hub templates use (`tojson`,
-`raise_exception`, `strftime_now`)."""
+`raise_exception`, `strftime_now`), after `normalize_messages` (OpenAI shapes -> template shapes)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer as _HFTokenizer
+
+from .messages import normalize_messages
 
 THINK_START, THINK_END = "<think>", "</think>"
 
@@ -62,14 +64,21 @@ class Tokenizer:
         if self._template is None:
             from jinja2.sandbox import ImmutableSandboxedEnvironment
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-            env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(x, indent=indent, ensure_ascii=ensure_ascii)
+            env.filters["tojson"] = _tojson
             env.filters["fromjson"] = json.loads
             env.globals["raise_exception"] = _raise
             env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
             self._template = env.from_string(self.chat_template)
         special = {k: _content(v) for k, v in self.config.items() if k.endswith("_token")}
-        return self._template.render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
+        # the one place every rendering passes: server, chat datasets, LLM.chat/generate
+        return self._template.render(messages=normalize_messages(messages), tools=tools, add_generation_prompt=add_generation_prompt,
                                      **special, **kwargs)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    """transformers' `tojson` (same defaults), so renderings match `apply_chat_template` byte for byte."""
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 def _content(tok: Any) -> str | None:

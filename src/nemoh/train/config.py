@@ -35,14 +35,26 @@ class DataConfig:
     messages_key: str = "messages"
     seq_len: int = 512               # token budget of one packed row
     rows_per_step: int = 2           # packed rows per micro-batch
-    on_error: str = "skip"           # skip | raise
+    on_error: str = "warn"           # warn (skip, stop above max_skip_share) | skip | raise
+    max_skip_share: float = 0.1
     train_on_thinking: bool = True
+    chat_template_kwargs: dict = field(default_factory=dict)  # e.g. {truncate_history_thinking = false}
 
     def __post_init__(self) -> None:
         if self.seq_len <= 0 or self.rows_per_step <= 0:
             raise ValueError("data.seq_len and data.rows_per_step: must be positive")
-        if self.on_error not in ("skip", "raise"):
-            raise ValueError(f"data.on_error: expected skip or raise, got {self.on_error!r}")
+        if self.on_error not in ("warn", "skip", "raise"):
+            raise ValueError(f"data.on_error: expected warn, skip or raise, got {self.on_error!r}")
+        if not 0 <= self.max_skip_share <= 1:
+            raise ValueError(f"data.max_skip_share: expected a share in [0, 1], got {self.max_skip_share}")
+        if isinstance(self.chat_template_kwargs, str):  # from --data.chat_template_kwargs '{"k": false}'
+            import json
+            try:
+                self.chat_template_kwargs = json.loads(self.chat_template_kwargs)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"data.chat_template_kwargs: not a JSON object ({e.msg})") from None
+        if not isinstance(self.chat_template_kwargs, dict):
+            raise ValueError("data.chat_template_kwargs: expected a table of template arguments")
 
 
 @dataclass

@@ -9,6 +9,7 @@ import torch
 from ..model import NemotronHForCausalLM
 from ..model.model import DTYPES
 from .config import ModelConfig
+from .state import prepare_run_dir
 
 
 def resolve_device(name: str) -> torch.device:
@@ -21,8 +22,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(cfg: ModelConfig, run_dir: Path, seed: int) -> tuple[NemotronHForCausalLM, Path]:
-    """Load `cfg.path`, or write a tiny random checkpoint of `cfg.preset` to <run_dir>/base first (the CPU default).
+    """Prepare the run directory, then load `cfg.path`, or write a tiny random checkpoint of `cfg.preset` to
+    <run_dir>/base first (the CPU default).
     Returns the model in train mode and the checkpoint directory (its tokenizer is used too)."""
+    prepare_run_dir(run_dir)  # a directory, cleaned of what killed runs left behind
     path = Path(cfg.path) if cfg.path else run_dir / "base"
     if not cfg.path and not (path / "config.json").exists():
         from ..cli.model_cmds import init_tiny

@@ -70,7 +70,8 @@ def token_loss(model: NemotronHForCausalLM, batch: PackedBatch, denominator: int
 
 def load_packed(path: str, tok: Tokenizer, cfg: SFTConfig, errors: ErrorLog) -> list:
     examples = load_chat_examples(list(read_rows(path, errors)), tok, errors, cfg.data.messages_key,
-                                  cfg.data.train_on_thinking, max_len=cfg.data.seq_len)
+                                  cfg.data.train_on_thinking, max_len=cfg.data.seq_len,
+                                  chat_template_kwargs=cfg.data.chat_template_kwargs, source=path)
     if not examples:
         raise ValueError(f"{path}: no usable examples ({len(errors.skipped)} skipped)")
     return pack(examples, cfg.data.seq_len)
@@ -111,7 +112,7 @@ def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     tok = Tokenizer.from_pretrained(path)
 
     # data
-    errors = ErrorLog(cfg.data.on_error)
+    errors = ErrorLog(cfg.data.on_error, cfg.data.max_skip_share, echo=rank == 0)
     train_rows = load_packed(cfg.data.train, tok, cfg, errors)
     eval_rows = load_packed(cfg.data.eval, tok, cfg, errors) if cfg.data.eval else []
     loader = PackedLoader(train_rows, cfg.data.rows_per_step, cfg.data.seq_len, cfg.train.seed)
