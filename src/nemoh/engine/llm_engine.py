@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..model import NemotronHForCausalLM
 from ..tokenizer import Tokenizer
+from .detokenizer import IncrementalDetokenizer, find_stop, special_skip_ids
 from .model_runner import ModelRunner
 from .outputs import CompletionOutput, RequestOutput
 from .sampler import sample
@@ -53,6 +54,7 @@ class LLM:
             self.eos_ids.add(tokenizer.eos_token_id)
         self.think_start = tokenizer.think_start_id if tokenizer else None
         self.think_end = tokenizer.think_end_id if tokenizer else None
+        self._special_ids = special_skip_ids(tokenizer) if tokenizer else frozenset()
         self._req_ids = itertools.count()
         self.requests: dict[str, tuple[str | None, list[Sequence]]] = {}
 
@@ -87,10 +89,15 @@ class LLM:
         for i in range(params.n):
             g = torch.Generator(device=self.model.device)
             g.manual_seed(params.seed + i if params.seed is not None else int(torch.randint(0, 2**62, ()).item()))
-            group.append(Sequence(rid, i, ids, params, generator=g, thinking=thinking))
+            group.append(Sequence(rid, i, ids, params, generator=g, thinking=thinking, detok=self._detokenizer(params)))
         self.scheduler.add(group)
         self.requests[rid] = (text, group)
         return rid
+
+    def _detokenizer(self, params: SamplingParams) -> IncrementalDetokenizer | None:
+        if self.tokenizer is None:
+            return None
+        return IncrementalDetokenizer(self.tokenizer, self._special_ids if params.skip_special_tokens else frozenset())
 
     def ends_in_thought(self, ids: list[int]) -> bool:
         """True when the prompt leaves the model inside <think> (the template opened a thought)."""
@@ -173,33 +180,41 @@ class LLM:
 
     def _stop_reason(self, seq: Sequence, tok: int) -> str | None:
         p = seq.params
+        hit = self._detokenize(seq, tok)
         if tok in self.eos_ids and not p.ignore_eos:
             return "stop"
         if tok in p.stop_token_ids:
             seq.stop_reason = tok
             return "stop"
-        if p.stop and self.tokenizer is not None:
-            text = self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=p.skip_special_tokens)
-            for s in p.stop:
-                at = text.find(s, max(0, len(seq.text) - len(s)))
-                if at >= 0:
-                    seq.text = text[: at + len(s)] if p.include_stop_str_in_output else text[:at]
-                    seq.stop_reason = s
-                    return "stop"
-            seq.text = text
+        if hit is not None:
+            at, s = hit
+            assert seq.detok is not None, "a stop string hit needs the sequence's text"
+            seq.text = seq.detok.text[: at + len(s)] if p.include_stop_str_in_output else seq.detok.text[:at]
+            seq.stop_reason = s
+            return "stop"
         if p.max_tokens is not None and len(seq.output_token_ids) >= p.max_tokens:
             return "length"
         if seq.num_tokens >= self.max_model_len:
             return "length"
         return None
 
+    def _detokenize(self, seq: Sequence, tok: int) -> tuple[int, str] | None:
+        """Add the token to the sequence's text; a stop string that the new text completes: (start, string)."""
+        if seq.detok is None:
+            return None
+        before = len(seq.detok.text)
+        seq.detok.add(tok)
+        return find_stop(seq.detok.text, len(seq.detok.text) - before, seq.params.stop) if seq.params.stop else None
+
     # ---- results ------------------------------------------------------------------------------------------
     def completion(self, seq: Sequence) -> CompletionOutput:
         p = seq.params
-        if seq.stop_reason is not None and isinstance(seq.stop_reason, str):
-            text = seq.text
-        elif self.tokenizer is not None:
-            text = self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=p.skip_special_tokens)
+        if isinstance(seq.stop_reason, str):
+            text = seq.text                       # cut at the stop string
+        elif seq.detok is not None:
+            if seq.is_finished:
+                seq.detok.flush()                 # an incomplete UTF-8 tail shows as U+FFFD, as in a full decode
+            text = seq.detok.text
         else:
             text = ""
         routed = torch.cat(seq.routed_experts, dim=1)[:, : seq.num_tokens - 1] if seq.routed_experts else None

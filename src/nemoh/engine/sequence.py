@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .detokenizer import IncrementalDetokenizer
 from .sampling_params import SamplingParams
 
 _ids = itertools.count()
@@ -33,7 +34,8 @@ class Sequence:
     routed_experts: list[torch.Tensor] = field(default_factory=list)   # per forward: (m, T_in, k)
     finish_reason: str | None = None
     stop_reason: str | int | None = None
-    text: str = ""                            # detokenised output, kept current when stop strings are set
+    text: str = ""                            # the output text cut at its stop string (when a stop string ended it)
+    detok: IncrementalDetokenizer | None = None  # the output text so far, grown by the new tokens only
     thinking: bool = False                    # inside <think> ... </think>
     thinking_tokens: int = 0
     generator: torch.Generator | None = None
