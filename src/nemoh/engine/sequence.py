@@ -28,6 +28,7 @@ class Sequence:
     seq_id: int = field(default_factory=lambda: next(_ids))
     status: Status = Status.WAITING
     slot: int = -1
+    num_prefilled: int = 0                   # prompt tokens already in the cache (chunked prefill)
     output_token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[dict[int, float]] = field(default_factory=list)
@@ -47,6 +48,10 @@ class Sequence:
     @property
     def last_token(self) -> int:
         return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
+
+    @property
+    def is_prefilled(self) -> bool:
+        return self.num_prefilled == len(self.prompt_token_ids)
 
     @property
     def is_finished(self) -> bool:
