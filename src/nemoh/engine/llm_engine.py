@@ -1,8 +1,10 @@
 """LLM: the built-in engine. `LLM(path_or_model).generate(prompts, SamplingParams(...))`, vLLM style.
 
-One step = admit waiting requests into free cache slots (one prefill per request, forked to its n samples), then
-one batched decode step for every running sequence. Finished sequences free their slot at once, so a long
-generation never holds the others back (continuous batching).
+One step = admit waiting requests into free cache slots, prefill the next chunk of every new prompt (at most
+`max_prefill_tokens` in all; a prompt's last chunk gives its first token and is forked to its n samples), then one
+batched decode step for every running sequence. Finished sequences free their slot at once, so a long generation
+never holds the others back (continuous batching), and a long prompt never stalls the running ones for more than
+one chunk (chunked prefill).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from ..model import NemotronHForCausalLM
 from ..tokenizer import Tokenizer
+from .detokenizer import IncrementalDetokenizer, find_stop, special_skip_ids
 from .model_runner import ModelRunner
 from .outputs import CompletionOutput, RequestOutput
 from .sampler import sample
@@ -36,7 +39,9 @@ class StepEvent:
 class LLM:
     def __init__(self, model: str | Path | NemotronHForCausalLM, tokenizer: Tokenizer | str | Path | None = None,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 max_num_seqs: int = 16, max_model_len: int = 2048):
+                 max_num_seqs: int = 16, max_model_len: int = 2048, max_prefill_tokens: int | None = 2048):
+        if max_prefill_tokens is not None and (not isinstance(max_prefill_tokens, int) or max_prefill_tokens < 1):
+            raise ValueError(f"max_prefill_tokens: must be a positive integer or None, got {max_prefill_tokens!r}")
         if not isinstance(model, NemotronHForCausalLM):
             path = Path(model)
             model = NemotronHForCausalLM.from_pretrained(path, dtype=dtype, device=device)
@@ -47,12 +52,13 @@ class LLM:
         self.model, self.tokenizer = model, tokenizer
         self.runner = ModelRunner(model, max_num_seqs, max_model_len)
         self.scheduler = Scheduler(max_num_seqs)
-        self.max_model_len = max_model_len
+        self.max_model_len, self.max_prefill_tokens = max_model_len, max_prefill_tokens
         self.eos_ids = set(model.config.eos_token_ids)
         if tokenizer is not None and tokenizer.eos_token_id is not None:
             self.eos_ids.add(tokenizer.eos_token_id)
         self.think_start = tokenizer.think_start_id if tokenizer else None
         self.think_end = tokenizer.think_end_id if tokenizer else None
+        self._special_ids = special_skip_ids(tokenizer) if tokenizer else frozenset()
         self._req_ids = itertools.count()
         self.requests: dict[str, tuple[str | None, list[Sequence]]] = {}
 
@@ -87,10 +93,15 @@ class LLM:
         for i in range(params.n):
             g = torch.Generator(device=self.model.device)
             g.manual_seed(params.seed + i if params.seed is not None else int(torch.randint(0, 2**62, ()).item()))
-            group.append(Sequence(rid, i, ids, params, generator=g, thinking=thinking))
+            group.append(Sequence(rid, i, ids, params, generator=g, thinking=thinking, detok=self._detokenizer(params)))
         self.scheduler.add(group)
         self.requests[rid] = (text, group)
         return rid
+
+    def _detokenizer(self, params: SamplingParams) -> IncrementalDetokenizer | None:
+        if self.tokenizer is None:
+            return None
+        return IncrementalDetokenizer(self.tokenizer, self._special_ids if params.skip_special_tokens else frozenset())
 
     def ends_in_thought(self, ids: list[int]) -> bool:
         """True when the prompt leaves the model inside <think> (the template opened a thought)."""
@@ -112,26 +123,42 @@ class LLM:
     # ---- one engine step ----------------------------------------------------------------------------------
     def step(self) -> list[StepEvent]:
         events: list[StepEvent] = []
-        fresh: set[int] = set()
-        admitted = self.scheduler.admit()
-        if admitted:  # one batched prefill for the first sample of every new request; the others fork from it
-            firsts = [g[0] for g in admitted]
-            want = any(s.params.return_routed_experts for s in firsts)
-            logits, routing = self.runner.prefill([s.prompt_token_ids for s in firsts], [s.slot for s in firsts], want)
-            for j, group in enumerate(admitted):
-                self.runner.fork(group[0].slot, [s.slot for s in group[1:]])
-                for seq in group:
-                    if routing is not None and seq.params.return_routed_experts:
-                        seq.routed_experts.append(routing[j])
-                    fresh.add(seq.seq_id)
-                events += self._sample_and_append(group, logits[j].expand(len(group), -1), None)
+        self.scheduler.admit()
+        fresh = self._prefill(events)
         # in slot order, so that a full or contiguous batch reads the cache through views
-        running = sorted((s for s in self.scheduler.running if s.seq_id not in fresh), key=lambda s: s.slot)
+        running = sorted((s for s in self.scheduler.running if s.is_prefilled and s.seq_id not in fresh),
+                         key=lambda s: s.slot)
         if running:
             want = any(s.params.return_routed_experts for s in running)
             logits, routing = self.runner.decode([s.last_token for s in running], [s.slot for s in running], want)
             events += self._sample_and_append(running, logits, routing)
         return events
+
+    def _prefill(self, events: list[StepEvent]) -> set[int]:
+        """One batched prefill of the next prompt chunks (first sample of each new request). A request whose prompt
+        is complete samples its first tokens and forks its cache to its other samples. Returns their sequence ids."""
+        plan = self.scheduler.schedule_prefill(self.max_prefill_tokens)
+        if not plan:
+            return set()
+        firsts = [g[0] for g, _, _ in plan]
+        want = any(s.params.return_routed_experts for s in firsts)
+        logits, routing = self.runner.prefill([s.prompt_token_ids[a:b] for s, (_, a, b) in zip(firsts, plan)],
+                                              [s.slot for s in firsts], [a for _, a, _ in plan], want)
+        fresh: set[int] = set()
+        for j, (group, _, end) in enumerate(plan):
+            first = group[0]
+            first.num_prefilled = end
+            if routing is not None and first.params.return_routed_experts:
+                first.routed_experts.append(routing[j])
+            if not first.is_prefilled:
+                continue
+            self.runner.fork(first.slot, [s.slot for s in group[1:]])
+            for seq in group:
+                seq.num_prefilled = end
+                seq.routed_experts = list(first.routed_experts)
+                fresh.add(seq.seq_id)
+            events += self._sample_and_append(group, logits[j].expand(len(group), -1), None)
+        return fresh
 
     def _sample_and_append(self, seqs: list[Sequence], logits: Tensor, routing: Tensor | None) -> list[StepEvent]:
         banned = [self._banned(s) for s in seqs]
@@ -173,33 +200,41 @@ class LLM:
 
     def _stop_reason(self, seq: Sequence, tok: int) -> str | None:
         p = seq.params
+        hit = self._detokenize(seq, tok)
         if tok in self.eos_ids and not p.ignore_eos:
             return "stop"
         if tok in p.stop_token_ids:
             seq.stop_reason = tok
             return "stop"
-        if p.stop and self.tokenizer is not None:
-            text = self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=p.skip_special_tokens)
-            for s in p.stop:
-                at = text.find(s, max(0, len(seq.text) - len(s)))
-                if at >= 0:
-                    seq.text = text[: at + len(s)] if p.include_stop_str_in_output else text[:at]
-                    seq.stop_reason = s
-                    return "stop"
-            seq.text = text
+        if hit is not None:
+            at, s = hit
+            assert seq.detok is not None, "a stop string hit needs the sequence's text"
+            seq.text = seq.detok.text[: at + len(s)] if p.include_stop_str_in_output else seq.detok.text[:at]
+            seq.stop_reason = s
+            return "stop"
         if p.max_tokens is not None and len(seq.output_token_ids) >= p.max_tokens:
             return "length"
         if seq.num_tokens >= self.max_model_len:
             return "length"
         return None
 
+    def _detokenize(self, seq: Sequence, tok: int) -> tuple[int, str] | None:
+        """Add the token to the sequence's text; a stop string that the new text completes: (start, string)."""
+        if seq.detok is None:
+            return None
+        before = len(seq.detok.text)
+        seq.detok.add(tok)
+        return find_stop(seq.detok.text, len(seq.detok.text) - before, seq.params.stop) if seq.params.stop else None
+
     # ---- results ------------------------------------------------------------------------------------------
     def completion(self, seq: Sequence) -> CompletionOutput:
         p = seq.params
-        if seq.stop_reason is not None and isinstance(seq.stop_reason, str):
-            text = seq.text
-        elif self.tokenizer is not None:
-            text = self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=p.skip_special_tokens)
+        if isinstance(seq.stop_reason, str):
+            text = seq.text                       # cut at the stop string
+        elif seq.detok is not None:
+            if seq.is_finished:
+                seq.detok.flush()                 # an incomplete UTF-8 tail shows as U+FFFD, as in a full decode
+            text = seq.detok.text
         else:
             text = ""
         routed = torch.cat(seq.routed_experts, dim=1)[:, : seq.num_tokens - 1] if seq.routed_experts else None

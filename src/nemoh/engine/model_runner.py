@@ -15,10 +15,14 @@ class ModelRunner:
         self.cache = HybridCache(model.config, max_num_seqs, max_model_len, dtype=dtype, device=model.device)
 
     @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]], slots: list[int], want_routing: bool) -> tuple[Tensor, list[Tensor] | None]:
-        """Run prompts into their (reset) slots in one right-padded batch. Returns each prompt's last-position
-        logits (b,V) and, when asked, each prompt's routing (m, T_i, k)."""
-        self.cache.reset(slots)
+    def prefill(self, prompts: list[list[int]], slots: list[int], starts: list[int],
+                want_routing: bool) -> tuple[Tensor, list[Tensor] | None]:
+        """Run prompt chunks into their slots in one right-padded batch, after the `starts[i]` tokens slot i already
+        holds (a slot starting at 0 is reset first). Returns each chunk's last-position logits (b,V) and, when asked,
+        each chunk's routing (m, T_i, k)."""
+        assert all(int(self.cache.lengths[s]) == a for s, a in zip(slots, starts) if a), "a chunk must follow its slot"
+        if fresh := [s for s, a in zip(slots, starts) if a == 0]:
+            self.cache.reset(fresh)
         lengths = [len(p) for p in prompts]
         T = max(lengths)
         ids = torch.zeros(len(prompts), T, dtype=torch.long, device=self.model.device)

@@ -1,5 +1,7 @@
 """Scheduler: a waiting queue and a fixed set of cache slots. Requests are admitted whole (all n samples of a
-request at once, so they can share one prefill) as soon as enough slots are free: continuous batching."""
+request at once, so they can share one prefill) as soon as enough slots are free: continuous batching. A prompt
+is prefilled in chunks of at most `max_prefill_tokens` per step (all new prompts together), so that a long prompt
+interleaves with the decode steps of the running sequences instead of stalling them."""
 from __future__ import annotations
 
 from collections import deque
@@ -13,6 +15,7 @@ class Scheduler:
         self.free_slots = list(range(num_slots))[::-1]
         self.waiting: deque[list[Sequence]] = deque()   # one entry per request: its n sequences
         self.running: list[Sequence] = []
+        self.prefilling: list[list[Sequence]] = []      # admitted groups whose prompt is not all in the cache yet
 
     def add(self, group: list[Sequence]) -> None:
         if len(group) > self.num_slots:
@@ -29,8 +32,24 @@ class Scheduler:
                 seq.slot = self.free_slots.pop()
                 seq.status = Status.RUNNING
             self.running.extend(group)
+            self.prefilling.append(group)
             admitted.append(group)
         return admitted
+
+    def schedule_prefill(self, budget: int | None) -> list[tuple[list[Sequence], int, int]]:
+        """The prompt chunks to prefill this step, in admission order: (group, start, end) over the prompt of the
+        group's first sequence (the others fork from it), at most `budget` tokens in all (None: no limit)."""
+        self.prefilling = [g for g in self.prefilling if not g[0].is_finished and not g[0].is_prefilled]
+        plan = []
+        left = budget if budget is not None else float("inf")
+        for group in self.prefilling:
+            seq = group[0]
+            take = int(min(len(seq.prompt_token_ids) - seq.num_prefilled, left))
+            if take <= 0:
+                break
+            plan.append((group, seq.num_prefilled, seq.num_prefilled + take))
+            left -= take
+        return plan
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.status = Status.FINISHED

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .detokenizer import IncrementalDetokenizer
 from .sampling_params import SamplingParams
 
 _ids = itertools.count()
@@ -27,13 +28,15 @@ class Sequence:
     seq_id: int = field(default_factory=lambda: next(_ids))
     status: Status = Status.WAITING
     slot: int = -1
+    num_prefilled: int = 0                   # prompt tokens already in the cache (chunked prefill)
     output_token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[dict[int, float]] = field(default_factory=list)
     routed_experts: list[torch.Tensor] = field(default_factory=list)   # per forward: (m, T_in, k)
     finish_reason: str | None = None
     stop_reason: str | int | None = None
-    text: str = ""                            # detokenised output, kept current when stop strings are set
+    text: str = ""                            # the output text cut at its stop string (when a stop string ended it)
+    detok: IncrementalDetokenizer | None = None  # the output text so far, grown by the new tokens only
     thinking: bool = False                    # inside <think> ... </think>
     thinking_tokens: int = 0
     generator: torch.Generator | None = None
@@ -45,6 +48,10 @@ class Sequence:
     @property
     def last_token(self) -> int:
         return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
+
+    @property
+    def is_prefilled(self) -> bool:
+        return self.num_prefilled == len(self.prompt_token_ids)
 
     @property
     def is_finished(self) -> bool:

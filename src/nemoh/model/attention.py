@@ -46,9 +46,16 @@ class Attention(nn.Module):
         pos = start[:, None] + torch.arange(T, device=k.device)              # (b,T) absolute positions
         kc, vc = cache.k[self.layer_idx], cache.v[self.layer_idx]             # (slots,nkv,T_max,hd)
         # advanced indices (slot, pos) around a slice put their dims first: value is (b,T,nkv,hd)
-        kc[slots[:, None], :, pos] = k.transpose(1, 2).to(kc.dtype)
-        vc[slots[:, None], :, pos] = v.transpose(1, 2).to(vc.dtype)
-        S = int(pos.max()) + 1
+        rows = slots[:, None].expand(-1, T)
+        kn, vn = k.transpose(1, 2).to(kc.dtype), v.transpose(1, 2).to(vc.dtype)   # (b,T,nkv,hd)
+        if isinstance(cache.new_tokens, Tensor):  # right-padded rows: write real positions only (padding may run
+            real = torch.arange(T, device=k.device) < cache.new_tokens[:, None]   # past the cache's end)
+            rows, pos_w, kn, vn = rows[real], pos[real], kn[real], vn[real]
+            S = int((start + cache.new_tokens).max())
+        else:
+            pos_w, S = pos, int(pos.max()) + 1
+        kc[rows, :, pos_w] = kn
+        vc[rows, :, pos_w] = vn
         keys = torch.arange(S, device=k.device)
         mask = (keys[None, None, :] <= pos[:, :, None])[:, None]            # (b,1,T,S)
         # a view for a contiguous run of slots, else a gather of the first S positions only

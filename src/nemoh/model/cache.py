@@ -43,7 +43,7 @@ class HybridCache:
         # a contiguous run of slots is read and updated through a view: no gather/scatter of the states
         self.index: slice | Tensor = slice(s[0], s[-1] + 1) if s == list(range(s[0], s[0] + len(s))) else self.slots
         self.new_tokens = lengths if lengths is not None else num_new
-        longest = int(self.lengths[self.slots].max()) + num_new
+        longest = int((self.lengths[self.slots] + (num_new if lengths is None else lengths)).max())
         if longest > self.max_seq_len:
             raise ValueError(f"cache: {longest} tokens exceed max_seq_len={self.max_seq_len}")
 

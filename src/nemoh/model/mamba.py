@@ -133,15 +133,15 @@ def mamba_inner(zxbcdt: Tensor, conv_w: Tensor, conv_b: Tensor | None, dt_bias: 
     lo, hi = dt_limit
     if lo > 0.0 or hi != float("inf"):
         dt = dt.clamp(lo, hi)
-    if lengths is not None:
+    if dt_clamp_min is not None and not decode:  # transformers' prefill-only clamp, kept for exact parity
+        dt = dt.clamp(min=dt_clamp_min)
+    if lengths is not None:  # after the clamp: padding must get dt = 0 exactly
         dt = dt * (torch.arange(T, device=dt.device) < lengths[:, None])[..., None]
     A = -torch.exp(A_log.float())
     if decode:
         y, ssm_state = ssd_step(ssm_state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D.float())
         y = y[:, None]
     else:
-        if dt_clamp_min is not None:  # transformers' prefill-only clamp, kept for exact parity
-            dt = dt.clamp(min=dt_clamp_min)
         y, ssm_state = ssd_scan(x, dt, A, B, C, chunk, D.float(), ssm_state, seq_idx)
     return gated_rms_norm(y.reshape(b, T, I), z, norm_w, G, eps, zxbcdt.dtype), conv_state, ssm_state
 

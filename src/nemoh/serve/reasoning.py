@@ -4,28 +4,16 @@ Works on token ids rather than text, so special-token stripping cannot hide the 
 serves streaming (delta per new token) and the final answer."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from ..engine.detokenizer import IncrementalDetokenizer
 from ..tokenizer import Tokenizer
 
 
-@dataclass
-class ChannelDecoder:
-    """Incremental detokenisation of one channel: returns only the newly completed text."""
-    tokenizer: Tokenizer
-    keep: set[int]
-    ids: list[int] = field(default_factory=list)
-    text: str = ""
+class ChannelDecoder(IncrementalDetokenizer):
+    """Incremental detokenisation of one channel (new tokens only): `add` returns the newly completed text.
+    Added tokens other than `keep` are dropped."""
 
-    def add(self, token: int) -> str:
-        if token in self.tokenizer.special_ids and token not in self.keep:
-            return ""
-        self.ids.append(token)
-        full = self.tokenizer.decode(self.ids, skip_special_tokens=False)
-        if full.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next byte
-            return ""
-        delta, self.text = full[len(self.text):], full
-        return delta
+    def __init__(self, tokenizer: Tokenizer, keep: set[int]):
+        super().__init__(tokenizer, skip=frozenset(tokenizer.special_ids - keep))
 
 
 class ReasoningSplitter:
