@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from nemoh import NemotronHForCausalLM
-from nemoh.cli.model_cmds import init_tiny
+from nemoh.model.tiny import init_tiny
 from nemoh.data import ErrorLog, collate, load_chat_examples, pack, read_rows
 from nemoh.model.config import NemotronHConfig
 from nemoh.model.flops import flops_per_token

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from nemoh import NemotronHForCausalLM
-from nemoh.cli.model_cmds import init_tiny
+from nemoh.model.tiny import init_tiny
 from nemoh.tokenizer import Tokenizer
 
 WEATHER_TOOL = {"type": "function", "function": {

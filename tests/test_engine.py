@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from nemoh import LLM, NemotronHForCausalLM, SamplingParams
-from nemoh.cli.model_cmds import init_tiny
+from nemoh.model.tiny import init_tiny
 
 
 @pytest.fixture(scope="module")

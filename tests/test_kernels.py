@@ -134,7 +134,7 @@ def test_report_funnel_and_export(judged, tmp_path):
     # the SFT trainer reads it as it is
     from nemoh.data import ErrorLog, load_chat_examples, read_rows
     from nemoh.tokenizer import Tokenizer
-    from nemoh.cli.model_cmds import init_tiny
+    from nemoh.model.tiny import init_tiny
     init_tiny(tmp_path / "tiny", "tiny")
     tok = Tokenizer.from_pretrained(tmp_path / "tiny")
     errors = ErrorLog("raise")

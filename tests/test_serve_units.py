@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from nemoh.cli.model_cmds import init_tiny
+from nemoh.model.tiny import init_tiny
 from nemoh.serve import build_command, parse_tool_calls
 
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..train.config import CheckpointConfig, ModelConfig, OptimConfig, ParallelSection
+from ..parallel.parallelize import ParallelConfig
+from ..train.config import CheckpointConfig, ModelConfig, OptimConfig
 
 
 @dataclass
@@ -60,8 +61,7 @@ class RLTrain:
     micro_batch_size: int = 16
     num_steps_per_rollout: int = 1
     seed: int = 0
-    eval_every: int = 10
-    grad_clip: float = 1.0
+    eval_every: int = 10               # (gradient clipping is [optim] grad_clip, as in SFT)
 
 
 @dataclass
@@ -88,7 +88,7 @@ class RLConfig:
     reward: Reward = field(default_factory=Reward)
     warm_start: WarmStart = field(default_factory=WarmStart)
     checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(dir="runs/rl"))
-    parallel: ParallelSection = field(default_factory=ParallelSection)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:
         from .algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS

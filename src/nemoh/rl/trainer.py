@@ -31,7 +31,7 @@ from ..train.metrics import MetricsLogger
 from ..train.optim import build_optimizer, build_scheduler
 from ..train.setup import build_model
 from ..train.sft import export_sharded, token_loss
-from ..parallel import ParallelConfig, init_distributed, parallelize
+from ..parallel import init_distributed, parallelize
 from ..parallel.parallelize import SINGLE
 from ..parallel.state_dict import clip_grad_norm, full_state_dict
 from ..train.state import checkpoints, load_state, save_state
@@ -225,7 +225,7 @@ class RLTrainer:
                 acc["pg_loss"].append(float(self.aggregate(pg.detach(), mask, float(n_tok), len(idx), R)))
                 acc["pg_clipfrac"].append(float((clipped * mask).sum() / n_tok))
                 acc["entropy"].append(float((ent.detach() * mask).sum() / n_tok))
-            stats["grad_norm"] = clip_grad_norm(self.model, cfg.train.grad_clip)
+            stats["grad_norm"] = clip_grad_norm(self.model, cfg.optim.grad_clip)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -247,7 +247,7 @@ class RLTrainer:
         if cfg.algo.kl_loss_coef > 0:
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         if self.world > 1:
-            self.layout = parallelize(self.model, ParallelConfig(**vars(cfg.parallel)), self.world)
+            self.layout = parallelize(self.model, cfg.parallel, self.world)
             if cfg.train.global_batch_size % self.layout.data_world:
                 raise ValueError(f"train.global_batch_size: {cfg.train.global_batch_size} is not divisible by the "
                                  f"{self.layout.data_world} data-parallel ranks")

@@ -1,13 +1,16 @@
-"""SFT job configuration: one small dataclass per component, read from TOML, overridden by `--section.key value`."""
+"""Training config sections shared by SFT and RL (model, optim, checkpoint; `[lora]` is `LoRAConfig`, `[parallel]`
+is `ParallelConfig`) and the SFT job config. Read from TOML and `--section.key value` by `nemoh.config_loader`."""
 from __future__ import annotations
 
-import ast
 import dataclasses
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..config_loader import load_config as _load
+from ..lora import LoRAConfig
+from ..parallel.parallelize import ParallelConfig
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -90,12 +93,9 @@ class TrainConfig:
 
 
 @dataclass
-class LoRASection:
+class LoRASection(LoRAConfig):
+    """`[lora]`: the adapter's own config (r, alpha, targets) plus whether to train one."""
     enabled: bool = False
-    r: int = 8
-    alpha: float = 16.0
-    targets: list[str] = field(default_factory=lambda: ["*.q_proj", "*.k_proj", "*.v_proj", "*.o_proj", "*.in_proj",
-                                                        "*.out_proj", "*.up_proj", "*.down_proj", "*.experts"])
 
 
 @dataclass
@@ -107,17 +107,6 @@ class CheckpointConfig:
 
 
 @dataclass
-class ParallelSection:
-    dp_shard: int = -1               # under torchrun: FSDP2 over all ranks
-    tp: int = 1
-    ep: int = 1
-    mixed_precision: bool = False
-    cpu_offload: bool = False
-    activation_checkpointing: bool = False
-    dp_replicate: int = 1            # > 1: HSDP (shard within a group of ranks, replicate across groups)
-
-
-@dataclass
 class SFTConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -125,65 +114,13 @@ class SFTConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoRASection = field(default_factory=LoRASection)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    parallel: ParallelSection = field(default_factory=ParallelSection)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _coerce(value: str, like: Any) -> Any:
-    if isinstance(like, bool):
-        if value.lower() in ("true", "1", "yes"):
-            return True
-        if value.lower() in ("false", "0", "no"):
-            return False
-        raise ValueError(f"expected true/false, got {value!r}")
-    if isinstance(like, int):
-        return int(value)
-    if isinstance(like, float):
-        return float(value)
-    if isinstance(like, (list, tuple)):
-        return ast.literal_eval(value)
-    return value
-
-
 def load_config(path: str | Path | None, overrides: list[str] | None = None, cls: type = SFTConfig) -> Any:
-    """TOML file (optional) + ["--section.key", "value", ...] overrides -> validated config."""
-    raw: dict[str, dict[str, Any]] = {}
-    if path:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ValueError(f"{path}: cannot read config ({e})") from e
-    sections = {f.name: f for f in dataclasses.fields(cls)}
-    defaults = cls()
-    items = list(overrides or [])
-    while items:
-        flag = items.pop(0)
-        if not flag.startswith("--") or "." not in flag:
-            raise ValueError(f"override {flag!r}: expected --section.key value")
-        if "=" in flag:
-            flag, value = flag.split("=", 1)
-        elif items:
-            value = items.pop(0)
-        else:
-            raise ValueError(f"override {flag}: missing value")
-        section, key = flag[2:].replace("-", "_").split(".", 1)
-        if section not in sections or not hasattr(getattr(defaults, section), key):
-            raise ValueError(f"override {flag}: unknown setting")
-        try:
-            raw.setdefault(section, {})[key] = _coerce(value, getattr(getattr(defaults, section), key))
-        except (ValueError, SyntaxError) as e:
-            raise ValueError(f"{section}.{key}: {e}") from e
-    built = {}
-    for name, f in sections.items():
-        sub = raw.pop(name, {})
-        sub_cls = type(getattr(defaults, name))
-        known = {x.name for x in dataclasses.fields(sub_cls)}
-        unknown = sorted(set(sub) - known)
-        if unknown:
-            raise ValueError(f"[{name}]: unknown settings {unknown}")
-        built[name] = sub_cls(**sub)
-    if raw:
-        raise ValueError(f"config: unknown sections {sorted(raw)}")
-    return cls(**built)
+    """TOML file (optional) + ["--section.key", "value", ...] overrides -> a validated `cls` (SFTConfig by default;
+    `nemoh.rl.config.RLConfig` for RL). The loader itself is `nemoh.config_loader.load_config`."""
+    return _load(cls, path, overrides)

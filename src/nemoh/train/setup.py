@@ -8,6 +8,7 @@ import torch
 
 from ..model import NemotronHForCausalLM
 from ..model.model import DTYPES
+from ..model.tiny import init_tiny
 from .config import ModelConfig
 from .state import prepare_run_dir
 
@@ -28,7 +29,6 @@ def build_model(cfg: ModelConfig, run_dir: Path, seed: int) -> tuple[NemotronHFo
     prepare_run_dir(run_dir)  # a directory, cleaned of what killed runs left behind
     path = Path(cfg.path) if cfg.path else run_dir / "base"
     if not cfg.path and not (path / "config.json").exists():
-        from ..cli.model_cmds import init_tiny
         import torch.distributed as dist
         distributed = dist.is_available() and dist.is_initialized()
         if not distributed or dist.get_rank() == 0:  # one writer under torchrun, the others wait for it

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..data import ErrorLog, collate, load_chat_examples, pack, read_rows
 from ..data.packing import PackedBatch, trained_tokens
-from ..lora import LoRAConfig, apply_lora, lora_parameters, merge_lora, save_adapter
+from ..lora import apply_lora, lora_parameters, merge_lora, save_adapter
 from ..model import NemotronHForCausalLM
 from ..model.flops import flops_per_token
 from ..model.model import DTYPES
@@ -25,7 +25,7 @@ from .config import SFTConfig
 from .metrics import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 from .setup import build_model
-from ..parallel import ParallelConfig, init_distributed, parallelize
+from ..parallel import init_distributed, parallelize
 from ..parallel.parallelize import SINGLE, Layout
 from ..parallel.state_dict import clip_grad_norm, full_state_dict
 from .state import checkpoints, load_state, save_state
@@ -105,7 +105,7 @@ def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     rank, world = init_distributed()
     model, path = build_model(cfg.model, run_dir, cfg.train.seed)
     if cfg.lora.enabled:
-        apply_lora(model, LoRAConfig(cfg.lora.r, cfg.lora.alpha, list(cfg.lora.targets)))
+        apply_lora(model, cfg.lora)
         params = lora_parameters(model)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -121,7 +121,7 @@ def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
     if world > 1:
         if cfg.lora.enabled:
             raise ValueError("lora.enabled: LoRA training is single-process for now (run without torchrun, or set lora.enabled = false)")
-        layout = parallelize(model, ParallelConfig(**vars(cfg.parallel)), world)
+        layout = parallelize(model, cfg.parallel, world)
         params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(params, cfg.optim)
     sched = build_scheduler(opt, cfg.train.steps, cfg.optim)
