@@ -60,3 +60,174 @@ def test_launcher_commands(tmp_path):
         build_command("vllm", tmp_path / "m", tensor_parallel_size=3)
     with pytest.raises(ValueError, match="--engine"):
         build_command("tgi", tmp_path / "m")
+
+
+# ---- hostile input, unit level: tool arguments, body parsing, request models, engine isolation and aborts ----------
+from nemoh import LLM, SamplingParams  # noqa: E402
+from nemoh.serve.body import parse_json  # noqa: E402
+from nemoh.serve.errors import APIError, from_validation_errors  # noqa: E402
+from nemoh.serve.protocol import ChatCompletionRequest, CompletionRequest  # noqa: E402
+
+
+def _call(value: str, schema=None, tools=None) -> dict:
+    props = {"v": schema} if schema is not None else {}
+    tools = tools if tools is not None else [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": props}}}]
+    _, calls = parse_tool_calls(f"<tool_call>\n<function=f>\n<parameter=v>\n{value}\n</parameter>\n</function>\n"
+                                "</tool_call>", tools)
+    return json.loads(calls[0]["function"]["arguments"], parse_constant=lambda c: pytest.fail(f"{c} in arguments"))
+
+
+@pytest.mark.parametrize("value", ["NaN", "nan", "Infinity", "-Infinity", "1e999", "[1, NaN]", "{'a': 1e999}"])
+@pytest.mark.parametrize("schema", [None, {"type": "number"}, {"type": "array"}, {"type": "object"}])
+def test_tool_arguments_are_strict_json(value, schema):
+    """Non-finite numbers never reach the arguments: the model's text is kept as a string instead."""
+    assert _call(value, schema) == {"v": value}
+
+
+@pytest.mark.parametrize("tools", [[{"type": "function", "function": {"name": "f", "parameters": {"properties": [1]}}}],
+                                   [{"type": "function", "function": {"name": "f", "parameters": "x"}}],
+                                   [{"type": "function", "function": {"name": "f", "parameters": {
+                                       "type": "object", "properties": {"v": True}}}}],
+                                   [{"type": "function", "function": {"name": "f", "parameters": {
+                                       "type": "object", "properties": {"v": {"type": 5}}}}}],
+                                   ["not a tool", 3, None]])
+def test_tool_parser_survives_malformed_schemas(tools):
+    assert _call("7", tools=tools) == {"v": 7}
+    assert _call("[" * 5000 + "]" * 5000, tools=tools)["v"].startswith("[[[")   # too deep to read: kept as text
+
+
+@pytest.mark.parametrize("raw,param", [
+    (b"[" * 3000 + b"]" * 3000, "body"), (b'{"a": NaN}', "body"), (b'{"a": Infinity}', "body"),
+    (b'{"a": "\\ud800"}', "a"), (b'{"a": {"\\udfff": 1}}', "a"), (b"\xff\xfe{}", "body"), (b'{"a": 1' + b"0" * 5000 + b"}", "body"),
+    (b'{"x": ' + b'{"y": ' * 70 + b"1" + b"}" * 71, "x.y.y.y"),
+])
+def test_parse_json_rejects_with_the_place(raw, param):
+    with pytest.raises(APIError) as e:
+        parse_json(raw, max_depth=64)
+    assert e.value.status == 400 and e.value.param.startswith(param)
+
+
+def _bad(model, body: dict) -> str:
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError) as e:
+        model.model_validate(body)
+    return from_validation_errors(e.value.errors(include_url=False)).param
+
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"messages": [{"role": 3, "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": None, "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user"}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": {"a": 1}}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [1, 2]}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": "x", "tool_calls": [{"function": {"name": "f"}}]}]},
+     "messages[0].tool_calls"),
+    ({"messages": [{"role": "assistant"}]}, "messages[0].tool_calls"),
+    ({"messages": []}, "messages"), ({"messages": "hi"}, "messages"),
+    ({"messages": USER, "stream": "false"}, "stream"), ({"messages": USER, "n": True}, "n"),
+    ({"messages": USER, "n": 0}, "n"), ({"messages": USER, "temperature": -1}, "temperature"),
+    ({"messages": USER, "temperature": "hot"}, "temperature"), ({"messages": USER, "top_p": 0}, "top_p"),
+    ({"messages": USER, "seed": 2**64}, "seed"), ({"messages": USER, "max_tokens": 0}, "max_tokens"),
+    ({"messages": USER, "max_tokens": 5.0}, "max_tokens"), ({"messages": USER, "stop": [""]}, "stop"),
+    ({"messages": USER, "stop": ["a"] * 33}, "stop"), ({"messages": USER, "stop_token_ids": ["a"]}, "stop_token_ids[0]"),
+    ({"messages": USER, "stop_token_ids": [-1]}, "stop_token_ids[0]"), ({"messages": USER, "top_logprobs": 3}, "top_logprobs"),
+    ({"messages": USER, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"messages": USER, "stream_options": {"include_usage": True}}, "stream_options"),
+    ({"messages": USER, "presence_penalty": 0.5}, "presence_penalty"), ({"messages": USER, "logit_bias": {"1": 2}}, "logit_bias"),
+    ({"messages": USER, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]},
+     "tools[0].function.parameters"),
+    ({"messages": USER, "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "strin"}}}}}]}, "tools[0].function.parameters"),
+    ({"messages": USER, "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools[0].function.name"),
+    ({"messages": USER, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+    ({"messages": USER, "chat_template_kwargs": {"messages": []}}, "chat_template_kwargs"),
+    ({"messages": USER, "response_format": {"type": "json_object"}}, "response_format.type"),
+])
+def test_chat_request_violations_name_the_field(body, param):
+    assert _bad(ChatCompletionRequest, body) == param
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"prompt": ""}, "prompt"), ({"prompt": 5}, "prompt"), ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": [1, -2]}, "prompt"), ({"prompt": "x", "logprobs": 21}, "logprobs"),
+    ({"prompt": "x", "echo": True}, "echo"), ({"prompt": "x", "best_of": 3}, "best_of"),
+])
+def test_completion_request_violations_name_the_field(body, param):
+    assert _bad(CompletionRequest, body).startswith(param)
+
+
+def test_openai_message_shapes_are_accepted():
+    """What h13's message normaliser handles must pass validation untouched: content parts, tool calls, tool replies."""
+    req = ChatCompletionRequest.model_validate({"messages": [
+        {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+        {"role": "user", "content": "weather?", "name": "ann"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "name": "get", "content": "sunny"},
+        {"role": "developer", "content": "x"}]})
+    out = req.template_messages()
+    assert out[2] == {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get", "arguments": "{\"city\": \"Paris\"}"}}]}
+    assert out[0]["content"] == [{"type": "text", "text": "be brief"}] and out[3]["tool_call_id"] == "c1"
+    assert req.sampling_params().max_tokens is None
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "m"
+    init_tiny(path)
+    return LLM(path, max_num_seqs=8, max_model_len=96)
+
+
+def _drain(llm: LLM) -> None:
+    while llm.scheduler.has_work():
+        llm.step()
+
+
+def test_admission_validation(tiny_llm):
+    V = tiny_llm.model.config.vocab_size
+    for ids, params, field in [([V], SamplingParams(), "prompt"), ([-1], SamplingParams(), "prompt"),
+                               ([1, 2], SamplingParams(stop_token_ids=[V + 5], min_tokens=3), "stop_token_ids"),
+                               ([1, 2], SamplingParams(stop_token_ids=["a"]), "stop_token_ids"),
+                               ([1, 2], SamplingParams(n=9), "n"), ([1, 2], SamplingParams(seed=2**64), "seed"),
+                               ([1] * 96, SamplingParams(), "prompt")]:
+        with pytest.raises(ValueError, match=f"^{field}:"):
+            tiny_llm.add_request(ids, params)
+    assert not tiny_llm.scheduler.has_work() and not tiny_llm.requests
+
+
+def test_one_failing_sequence_leaves_the_batch_running(tiny_llm):
+    """A fault injected into one running request (an out-of-vocabulary stop id while min_tokens bans it, which
+    admission would have refused) fails that request alone; the others' tokens equal a run without it."""
+    prompts = ["Hello", "other prompt", "third"]
+    params = [SamplingParams(max_tokens=12, temperature=0.8, seed=i, n=2, ignore_eos=True) for i in range(3)]
+    ref = [o.outputs for o in tiny_llm.generate(prompts, params)]
+    rids = [tiny_llm.add_request(p, sp) for p, sp in zip(prompts, params)]
+    bad = tiny_llm.add_request("hostile", SamplingParams(max_tokens=12, min_tokens=6, n=2, temperature=0.8, seed=9))
+    tiny_llm.step()
+    tiny_llm.requests[bad][1][0].params.stop_token_ids.append(10**9)  # the fault: IndexError in the sampler
+    _drain(tiny_llm)
+    assert "IndexError" in tiny_llm.errors.pop(bad)
+    assert [s.finish_reason for s in tiny_llm.requests.pop(bad)[1]] == ["error", "error"]
+    for rid, want in zip(rids, ref):
+        got = tiny_llm.output(rid).outputs
+        assert [c.token_ids for c in got] == [c.token_ids for c in want]
+        tiny_llm.requests.pop(rid)
+    assert len(tiny_llm.scheduler.free_slots) == 8
+
+
+def test_abort_request_frees_slots_at_next_step(tiny_llm):
+    rid = tiny_llm.add_request("Hello", SamplingParams(max_tokens=80, n=3, ignore_eos=True))
+    tiny_llm.step()
+    tiny_llm.step()
+    assert len(tiny_llm.scheduler.free_slots) == 5
+    tiny_llm.abort_request(rid)          # thread-safe: applied when the next step starts
+    tiny_llm.step()
+    assert not tiny_llm.scheduler.has_work() and len(tiny_llm.scheduler.free_slots) == 8 and rid not in tiny_llm.requests

@@ -36,6 +36,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="nemoh", choices=["nemoh", "vllm", "sglang"])
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm/sglang only")
     p.add_argument("--dry-run", action="store_true", help="vllm/sglang: print the command instead of running it")
+    p.add_argument("--max-body-bytes", type=int, default=8 * 2**20, help="request bodies above this get 413")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -53,8 +54,8 @@ def run_serve(args: argparse.Namespace) -> int:
         console.print(f"running: {line}")
         os.execvpe(cmd[0], cmd, {**os.environ, **env})
     import uvicorn
-    from ..serve import build_app
-    app = build_app(_llm(args), name)
+    from ..serve import ServeLimits, build_app
+    app = build_app(_llm(args), name, ServeLimits(max_body_bytes=args.max_body_bytes))
     console.print(f"serving [bold]{name}[/] on http://{args.host}:{args.port}/v1")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

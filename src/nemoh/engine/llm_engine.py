@@ -9,6 +9,7 @@ one chunk (chunked prefill).
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -25,6 +26,7 @@ from .sampler import sample
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import Sequence
+from .sequence import Status as SeqStatus
 
 Prompt = Union[str, list[int], list[dict[str, Any]]]
 
@@ -61,6 +63,8 @@ class LLM:
         self._special_ids = special_skip_ids(tokenizer) if tokenizer else frozenset()
         self._req_ids = itertools.count()
         self.requests: dict[str, tuple[str | None, list[Sequence]]] = {}
+        self.errors: dict[str, str] = {}          # request id -> why it failed (finish_reason "error"); caller pops
+        self._pending_aborts: deque[str] = deque()
 
     # ---- requests ----------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: Prompt, chat_template_kwargs: dict[str, Any] | None = None,
@@ -85,8 +89,7 @@ class LLM:
                     chat_template_kwargs: dict[str, Any] | None = None, tools: list[dict] | None = None) -> str:
         params = params or SamplingParams()
         text, ids = self.encode_prompt(prompt, chat_template_kwargs, tools)
-        if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt: {len(ids)} tokens leave no room in the context of {self.max_model_len} tokens")
+        self.validate_request(ids, params)
         rid = request_id or f"req-{next(self._req_ids)}"
         thinking = self.ends_in_thought(ids)
         group = []
@@ -120,8 +123,49 @@ class LLM:
             if g and g[0].request_id == request_id:
                 self.scheduler.waiting.remove(g)
 
+    # ---- admission checks, aborts, per-request failures --------------------------------------------------------
+    def validate_request(self, ids: list[int], params: SamplingParams) -> None:
+        """Everything one request carries that could later fail the batch it shares, checked before it joins."""
+        vocab = self.model.config.vocab_size
+        if not ids:
+            raise ValueError("prompt: empty after tokenisation")
+        if not all(_is_int(t) and 0 <= t < vocab for t in ids):
+            raise ValueError(f"prompt: token ids must be integers in [0, {vocab})")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt: {len(ids)} tokens leave no room in the context of {self.max_model_len} tokens")
+        stop_ids = params.stop_token_ids
+        if not isinstance(stop_ids, (list, tuple)) or not all(_is_int(t) and 0 <= t < vocab for t in stop_ids):
+            raise ValueError(f"stop_token_ids: must be a list of integers in [0, {vocab}), got {stop_ids!r:.80}")
+        if params.n > self.scheduler.num_slots:
+            raise ValueError(f"n: {params.n} exceeds the engine's max_num_seqs={self.scheduler.num_slots}")
+        if params.seed is not None and not (_is_int(params.seed) and -2**63 <= params.seed < 2**63):
+            raise ValueError(f"seed: must be an integer in [-2**63, 2**63), got {params.seed!r:.40}")
+        if params.logprobs is not None and params.logprobs > vocab:
+            raise ValueError(f"logprobs: {params.logprobs} exceeds the vocabulary size {vocab}")
+
+    def abort_request(self, request_id: str) -> None:
+        """Thread-safe: the request's sequences leave the batch and free their cache slots at the next step."""
+        self._pending_aborts.append(request_id)
+
+    def _apply_aborts(self) -> None:
+        while self._pending_aborts:
+            self.abort(self._pending_aborts.popleft())
+
+    def fail_request(self, request_id: str, message: str) -> None:
+        """Finish every sequence of one request with finish_reason "error"; the other requests run on."""
+        self.errors[request_id] = message
+        _, group = self.requests.get(request_id, (None, []))
+        for seq in group:
+            if seq in self.scheduler.running:
+                self.scheduler.finish(seq, "error")
+            seq.status, seq.finish_reason = SeqStatus.FINISHED, "error"
+        for g in list(self.scheduler.waiting):
+            if g and g[0].request_id == request_id:
+                self.scheduler.waiting.remove(g)
+
     # ---- one engine step ----------------------------------------------------------------------------------
     def step(self) -> list[StepEvent]:
+        self._apply_aborts()
         events: list[StepEvent] = []
         self.scheduler.admit()
         fresh = self._prefill(events)
@@ -161,28 +205,57 @@ class LLM:
         return fresh
 
     def _sample_and_append(self, seqs: list[Sequence], logits: Tensor, routing: Tensor | None) -> list[StepEvent]:
-        banned = [self._banned(s) for s in seqs]
-        tokens, token_lp, all_lp = sample(logits.float(), seqs, banned)
+        """Sample one token per sequence and append it; an error in one sequence fails its request only."""
+        rows = self._sample_isolated(seqs, logits)
         events = []
         for i, seq in enumerate(seqs):
-            tok = int(tokens[i])
-            p = seq.params
-            if seq.thinking and p.max_thinking_tokens is not None and seq.thinking_tokens >= p.max_thinking_tokens \
-                    and self.think_end is not None:
-                tok = self.think_end  # reasoning budget spent: close the thought, the answer follows
-            seq.output_token_ids.append(tok)
-            seq.logprobs.append(float(all_lp[i, tok]) if tok != int(tokens[i]) else float(token_lp[i]))
-            if p.logprobs:
-                top = all_lp[i].topk(p.logprobs)
-                seq.top_logprobs.append(dict(zip(top.indices.tolist(), top.values.tolist())))
-            if routing is not None and p.return_routed_experts:
-                seq.routed_experts.append(routing[:, i:i + 1])
-            self._track_thinking(seq, tok)
-            reason = self._stop_reason(seq, tok)
-            if reason is not None:
-                self.scheduler.finish(seq, reason)
-            events.append(StepEvent(seq, tok, reason is not None))
+            if rows[i] is None or seq.is_finished:   # failed here, or a sibling's failure finished it
+                continue
+            try:
+                events.append(self._append(seq, *rows[i], routing[:, i:i + 1] if routing is not None else None))
+            except Exception as e:  # isolation: whatever went wrong is this request's, not the batch's
+                self.fail_request(seq.request_id, f"engine error in this request ({type(e).__name__}: {e})")
         return events
+
+    def _sample_isolated(self, seqs: list[Sequence], logits: Tensor) -> list[tuple[int, float, Tensor] | None]:
+        """(token, its logprob, the row's logprobs) per sequence: one batched draw; if that raises, each row alone
+        from the same generator states (same tokens), failing only the rows that still raise."""
+        states = [s.generator.get_state() if s.generator is not None else None for s in seqs]
+        try:
+            tokens, token_lp, all_lp = sample(logits.float(), seqs, [self._banned(s) for s in seqs])
+            return [(int(tokens[i]), float(token_lp[i]), all_lp[i]) for i in range(len(seqs))]
+        except Exception:
+            pass
+        rows: list[tuple[int, float, Tensor] | None] = []
+        for i, seq in enumerate(seqs):
+            if states[i] is not None:
+                seq.generator.set_state(states[i])
+            try:
+                tok, tok_lp, lp = sample(logits[i:i + 1].float(), [seq], [self._banned(seq)])
+                rows.append((int(tok[0]), float(tok_lp[0]), lp[0]))
+            except Exception as e:
+                self.fail_request(seq.request_id, f"engine error in this request ({type(e).__name__}: {e})")
+                rows.append(None)
+        return rows
+
+    def _append(self, seq: Sequence, sampled: int, sampled_lp: float, lp: Tensor, routing: Tensor | None) -> StepEvent:
+        """Append one sampled token (lp: the row's logprobs (V,)) and apply the stop rules."""
+        p, tok = seq.params, sampled
+        if seq.thinking and p.max_thinking_tokens is not None and seq.thinking_tokens >= p.max_thinking_tokens \
+                and self.think_end is not None:
+            tok = self.think_end  # reasoning budget spent: close the thought, the answer follows
+        seq.output_token_ids.append(tok)
+        seq.logprobs.append(float(lp[tok]) if tok != sampled else sampled_lp)
+        if p.logprobs:
+            top = lp.topk(p.logprobs)
+            seq.top_logprobs.append(dict(zip(top.indices.tolist(), top.values.tolist())))
+        if routing is not None and p.return_routed_experts:
+            seq.routed_experts.append(routing)
+        self._track_thinking(seq, tok)
+        reason = self._stop_reason(seq, tok)
+        if reason is not None:
+            self.scheduler.finish(seq, reason)
+        return StepEvent(seq, tok, reason is not None)
 
     def _banned(self, seq: Sequence) -> list[int]:
         p = seq.params
@@ -284,6 +357,10 @@ class LLM:
             if src.shape != p.shape:
                 raise ValueError(f"update_weights: {name} has shape {tuple(src.shape)}, engine has {tuple(p.shape)}")
             p.copy_(src)
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _progress(enabled: bool, total: int):

@@ -1,27 +1,59 @@
-"""The OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health.
+"""The OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics.
 
-Reasoning (`<think>`) is split at the token level into `reasoning_content`; tool calls in the qwen3_coder XML form
-become `tool_calls`; a reasoning budget (`max_thinking_tokens`) closes the thought inside the same request.
+A request goes: body (size-limited, strict JSON) -> pydantic model (protocol.py) -> prompt ids (template rendering
+and tokenisation in a worker thread, so the event loop keeps answering) -> `LLM.validate_request` -> the engine
+thread. Reasoning (`<think>`) is split at the token level into `reasoning_content`; tool calls in the qwen3_coder
+XML form become `tool_calls`; a client that disconnects has its request aborted.
 """
 from __future__ import annotations
 
-import json
+import asyncio
+import math
 import time
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.background import BackgroundTask
 
 from ..engine import LLM, SamplingParams
 from .async_engine import AsyncEngine, DoneEvent, TokenEvent
-from .protocol import APIError, from_value_error, sampling_params
+from .body import BodyLimit, parse_json
+from .errors import APIError, from_value_error, install_error_handlers, strict_dumps
+from .protocol import ChatCompletionRequest, CompletionRequest
 from .reasoning import ChannelDecoder, ReasoningSplitter
 from .tool_parser import parse_tool_calls
 
+M = TypeVar("M", ChatCompletionRequest, CompletionRequest)
+MIN_LOGPROB = -9999.0        # OpenAI's stand-in for log(0): -inf is not JSON
+
+
+@dataclass
+class ServeLimits:
+    max_body_bytes: int = 8 * 2**20      # larger bodies get 413 before they are read
+    max_json_depth: int = 64             # deeper JSON gets 400 (tool schemas need a few levels, not hundreds)
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes: must be >= 1024, got {self.max_body_bytes}")
+        if not 8 <= self.max_json_depth <= 512:
+            raise ValueError(f"max_json_depth: must be in [8, 512], got {self.max_json_depth}")
+
 
 def _sse(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+    return f"data: {strict_dumps(obj)}\n\n"
+
+
+def _lp(x: float) -> float:
+    return x if math.isfinite(x) else MIN_LOGPROB
 
 
 def visible_text(text: str, params: SamplingParams, finished: bool, stop_reason: Any) -> str:
@@ -37,101 +69,106 @@ def visible_text(text: str, params: SamplingParams, finished: bool, stop_reason:
 
 
 class Server:
-    def __init__(self, llm: LLM, served_model_name: str):
+    def __init__(self, llm: LLM, served_model_name: str, limits: ServeLimits):
         if llm.tokenizer is None:
             raise ValueError("serve: the checkpoint has no tokenizer.json")
-        self.llm, self.name, self.tok = llm, served_model_name, llm.tokenizer
+        self.llm, self.name, self.tok, self.limits = llm, served_model_name, llm.tokenizer, limits
         self.engine = AsyncEngine(llm)
         self.created = int(time.time())
+        # No token spans more characters than the longest vocabulary entry, so a text longer than
+        # context x that (x 4 for normalisers that shorten text) cannot fit: refused before tokenising.
+        longest = max(len(self.tok.decode([i], skip_special_tokens=False)) for i in range(self.tok.vocab_size))
+        self.max_prompt_chars = 4 * llm.max_model_len * max(longest, 1)
 
-    # ---- request -> prompt ------------------------------------------------------------------------------
-    async def _body(self, request: Request) -> dict[str, Any]:
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"request body is not valid JSON: {e}") from e
-        if not isinstance(body, dict):
-            raise APIError(400, "request body must be a JSON object")
-        model = body.get("model")
-        if model is not None and model != self.name:
-            raise APIError(404, f"model: '{model}' does not exist; this server serves '{self.name}'", "model",
+    # ---- request -> prompt ids (runs in a worker thread) -------------------------------------------------------
+    async def _request(self, request: Request, model: type[M]) -> M:
+        raw = await request.body()
+        req = await asyncio.to_thread(self._parse, raw, model)
+        if req.model is not None and req.model != self.name:
+            raise APIError(404, f"model: '{req.model}' does not exist; this server serves '{self.name}'", "model",
                            code="model_not_found")
-        return body
+        return req
 
-    def _chat_prompt(self, body: dict[str, Any]) -> tuple[list[int], list[dict] | None, bool]:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
-            raise APIError(400, "messages: expected a non-empty list of {role, content} objects", "messages")
-        tools = body.get("tools")
-        if tools is not None and not isinstance(tools, list):
-            raise APIError(400, "tools: expected a list", "tools")
-        if body.get("tool_choice") == "none":
-            tools = None
-        kwargs = body.get("chat_template_kwargs") or {}
-        if not isinstance(kwargs, dict):
-            raise APIError(400, "chat_template_kwargs: expected an object", "chat_template_kwargs")
+    def _parse(self, raw: bytes, model: type[M]) -> M:
+        body = parse_json(raw, self.limits.max_json_depth)
+        if not isinstance(body, dict):
+            raise APIError(400, "request body: must be a JSON object", "body")
+        return model.model_validate(body)
+
+    def _encode(self, text: str, field: str) -> list[int]:
+        if len(text) > self.max_prompt_chars:
+            raise APIError(400, f"{field}: {len(text)} characters cannot fit the context of {self.llm.max_model_len} "
+                                "tokens", field)
+        return self.tok.encode(text)
+
+    def _check(self, ids: list[int], params: SamplingParams, field: str) -> None:
+        """What depends on the loaded model: vocabulary, context, slots (LLM.validate_request), max_tokens."""
         try:
-            text = self.tok.apply_chat_template(messages, tools=tools, add_generation_prompt=True, **kwargs)
-        except Exception as e:  # template errors are the request's fault
-            raise APIError(400, f"messages: the chat template could not render them ({e})", "messages") from e
-        ids = self.tok.encode(text)
-        return ids, tools, self.llm.ends_in_thought(ids)
-
-    def _completion_prompt(self, body: dict[str, Any]) -> list[int]:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-            prompt = prompt[0]
-        if isinstance(prompt, str) and prompt:
-            return self.tok.encode(prompt)
-        if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            if max(prompt) >= self.llm.model.config.vocab_size or min(prompt) < 0:
-                raise APIError(400, "prompt: token id out of the vocabulary", "prompt")
-            return prompt
-        raise APIError(400, "prompt: expected a non-empty string or a list of token ids", "prompt")
-
-    def _submit(self, ids: list[int], params: SamplingParams, field: str):
-        try:
-            return self.engine.submit(ids, params)
+            self.llm.validate_request(ids, params)
         except ValueError as e:
             err = from_value_error(e)
             if err.param == "prompt":
-                err.param = field
+                err.param, err.message = field, field + err.message[len("prompt"):]
             raise err from e
+        if params.max_tokens is not None and len(ids) + params.max_tokens > self.llm.max_model_len:
+            raise APIError(400, f"max_tokens: {params.max_tokens} + {len(ids)} prompt tokens exceed the context "
+                                f"of {self.llm.max_model_len} tokens", "max_tokens")
 
-    # ---- helpers ------------------------------------------------------------------------------------------
-    def _logprob_entries(self, token_ids: list[int], logprobs: list[float], tops: list[dict[int, float]] | None):
-        out = []
-        for i, (t, lp) in enumerate(zip(token_ids, logprobs)):
-            s = self.tok.decode([t], skip_special_tokens=False)
-            entry = {"token": s, "logprob": lp, "bytes": list(s.encode()), "top_logprobs": []}
-            if tops:
-                entry["top_logprobs"] = [{"token": self.tok.decode([k], skip_special_tokens=False), "logprob": v,
-                                          "bytes": list(self.tok.decode([k], skip_special_tokens=False).encode())}
-                                         for k, v in tops[i].items()]
-            out.append(entry)
-        return out
+    def _chat_ids(self, req: ChatCompletionRequest, params: SamplingParams) -> list[int]:
+        try:
+            text = self.tok.apply_chat_template(req.template_messages(), tools=req.template_tools(),
+                                                add_generation_prompt=True, **(req.chat_template_kwargs or {}))
+        except (ValueError, TypeError, LookupError, AttributeError) as e:  # the template rejected this request
+            err = from_value_error(ValueError(str(e)))
+            raise APIError(400, err.message if err.param else f"messages: the chat template could not render "
+                                                               f"them ({e})", err.param or "messages") from e
+        except Exception as e:  # jinja errors (TemplateError, SecurityError) are the request's fault too
+            raise APIError(400, f"messages: the chat template could not render them ({type(e).__name__}: {e})",
+                           "messages") from e
+        ids = self._encode(text, "messages")
+        self._check(ids, params, "messages")
+        return ids
+
+    def _completion_ids(self, req: CompletionRequest, params: SamplingParams) -> list[int]:
+        prompt = req.prompt_value()
+        ids = self._encode(prompt, "prompt") if isinstance(prompt, str) else list(prompt)
+        self._check(ids, params, "prompt")
+        return ids
+
+    # ---- helpers -----------------------------------------------------------------------------------------------
+    def _token(self, t: int) -> str:
+        return self.tok.decode([t], skip_special_tokens=False)
+
+    def _chat_logprob(self, t: int, lp: float, top: dict[int, float] | None) -> dict[str, Any]:
+        s = self._token(t)
+        return {"token": s, "logprob": _lp(lp), "bytes": list(s.encode()),
+                "top_logprobs": [{"token": self._token(k), "logprob": _lp(v), "bytes": list(self._token(k).encode())}
+                                 for k, v in (top or {}).items()]}
 
     @staticmethod
     def _usage(prompt_len: int, completion_tokens: int) -> dict[str, int]:
         return {"prompt_tokens": prompt_len, "completion_tokens": completion_tokens,
                 "total_tokens": prompt_len + completion_tokens}
 
-    # ---- /v1/chat/completions -----------------------------------------------------------------------------
-    async def chat(self, request: Request):
-        body = await self._body(request)
-        ids, tools, in_thought = self._chat_prompt(body)
-        params = sampling_params(body, chat=True)
-        rid, q = self._submit(ids, params, "messages")
-        reasoning_on = bool(body.get("separate_reasoning", True))
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(self._chat_stream(rid, q, params, len(ids), tools, in_thought and reasoning_on,
-                                                       reasoning_on, include_usage, request),
-                                     media_type="text/event-stream")
+    def _splitter(self, req: ChatCompletionRequest, in_thought: bool) -> ReasoningSplitter:
+        return ReasoningSplitter(self.tok, in_thought and req.separate_reasoning, req.separate_reasoning)
+
+    # ---- /v1/chat/completions ----------------------------------------------------------------------------------
+    async def chat(self, request: Request) -> Response:
+        req = await self._request(request, ChatCompletionRequest)
+        params = req.sampling_params()
+        ids = await asyncio.to_thread(self._chat_ids, req, params)
+        in_thought = self.llm.ends_in_thought(ids)
+        rid, q = self.engine.submit(ids, params)
+        if req.stream:
+            return self._stream(rid, self._chat_stream(q, req, params, len(ids), in_thought))
         done = await self._wait(rid, q, request)
+        if done is None:
+            return Response(status_code=499)
+        tools = req.template_tools()
         choices, completion_tokens = [], 0
         for c in done.output.outputs:
-            split = ReasoningSplitter(self.tok, in_thought and reasoning_on, reasoning_on)
+            split = self._splitter(req, in_thought)
             for t in c.token_ids:
                 split.add(t)
             text = visible_text(split.content.text, params, True, c.stop_reason)
@@ -141,139 +178,187 @@ class Server:
             finish = c.finish_reason
             if calls:
                 message["tool_calls"], finish = calls, "tool_calls"
-            choice = {"index": c.index, "message": message, "finish_reason": finish,
-                      "logprobs": {"content": self._logprob_entries(c.token_ids, c.logprobs, c.top_logprobs)}
-                      if params.logprobs is not None else None}
-            choices.append(choice)
+            logprobs = None
+            if params.logprobs is not None:
+                tops = c.top_logprobs or [None] * len(c.token_ids)
+                logprobs = {"content": [self._chat_logprob(t, lp, top)
+                                        for t, lp, top in zip(c.token_ids, c.logprobs, tops)]}
+            choices.append({"index": c.index, "message": message, "finish_reason": finish, "logprobs": logprobs})
             completion_tokens += len(c.token_ids)
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.name, "choices": choices, "usage": self._usage(len(ids), completion_tokens)}
+        return JSONResponse({"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+                             "created": int(time.time()), "model": self.name, "choices": choices,
+                             "usage": self._usage(len(ids), completion_tokens)})
 
-    async def _chat_stream(self, rid: str, q, params: SamplingParams, prompt_len: int, tools, in_thought: bool,
-                           reasoning_on: bool, include_usage: bool, request: Request) -> AsyncIterator[str]:
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": self.name}
-        splits = [ReasoningSplitter(self.tok, in_thought, reasoning_on) for _ in range(params.n)]
+    async def _chat_stream(self, q: asyncio.Queue, req: ChatCompletionRequest, params: SamplingParams,
+                           prompt_len: int, in_thought: bool) -> AsyncIterator[str]:
+        base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": self.name}
+        tools = req.template_tools()
+        splits = [self._splitter(req, in_thought) for _ in range(params.n)]
         tool_mode = [False] * params.n     # once a <tool_call> starts, content is held back and parsed at the end
-        counts = [0] * params.n
-        sent = [0] * params.n              # characters of content already streamed per choice
+        counts, sent = [0] * params.n, [0] * params.n   # tokens seen, content characters streamed, per choice
         for i in range(params.n):
             yield _sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                             "finish_reason": None}]})
-        async for ev in self._events(rid, q, request):
+                                             "logprobs": None, "finish_reason": None}]})
+        async for ev in self._events(q):
             if isinstance(ev, str):
                 yield ev
                 continue
             i = ev.index
             counts[i] += 1
             r_delta, _ = splits[i].add(ev.token_id)
-            if tools and ("<tool_call>" in splits[i].content.text):
-                tool_mode[i] = True
+            text = splits[i].content.text
+            tool_mode[i] = tool_mode[i] or bool(tools and "<tool_call>" in text)
             delta: dict[str, Any] = {}
             if r_delta:
                 delta["reasoning_content"] = r_delta
-            if not tool_mode[i]:
-                shown = visible_text(splits[i].content.text, params, ev.finished, ev.stop_reason)
-                if len(shown) > sent[i]:
-                    delta["content"], sent[i] = shown[sent[i]:], len(shown)
-            finish = None
-            if ev.finished:
-                finish = ev.finish_reason
-                if tool_mode[i]:
-                    _, calls = parse_tool_calls(splits[i].content.text, tools)
-                    if calls:
-                        delta["tool_calls"] = [{"index": j, **c} for j, c in enumerate(calls)]
-                        finish = "tool_calls"
-            if delta or finish:
-                yield _sse({**base, "choices": [{"index": i, "delta": delta, "finish_reason": finish}]})
-        if include_usage:
+            finish = ev.finish_reason if ev.finished else None
+            calls: list[dict[str, Any]] = []
+            if tool_mode[i]:
+                shown = parse_tool_calls(text, tools)[0] if ev.finished else ""
+                if ev.finished:
+                    calls = parse_tool_calls(text, tools)[1]
+            else:
+                shown = visible_text(text, params, ev.finished, ev.stop_reason)
+                if tools and not ev.finished:
+                    shown = shown.rstrip()     # the non-streamed content is cut before a tool call, trailing space too
+            if len(shown) > sent[i]:
+                delta["content"], sent[i] = shown[sent[i]:], len(shown)
+            if calls:
+                delta["tool_calls"] = [{"index": j, **c} for j, c in enumerate(calls)]
+                finish = "tool_calls"
+            logprobs = None
+            if params.logprobs is not None:
+                logprobs = {"content": [self._chat_logprob(ev.token_id, ev.logprob or 0.0, ev.top_logprobs)]}
+            if delta or finish or logprobs:
+                yield _sse({**base, "choices": [{"index": i, "delta": delta, "logprobs": logprobs,
+                                                 "finish_reason": finish}]})
+        if req.include_usage:
             yield _sse({**base, "choices": [], "usage": self._usage(prompt_len, sum(counts))})
         yield "data: [DONE]\n\n"
 
-    # ---- /v1/completions ----------------------------------------------------------------------------------
-    async def completions(self, request: Request):
-        body = await self._body(request)
-        ids = self._completion_prompt(body)
-        params = sampling_params(body, chat=False)
-        rid, q = self._submit(ids, params, "prompt")
-        if body.get("stream"):
-            return StreamingResponse(self._completion_stream(rid, q, params, request), media_type="text/event-stream")
+    # ---- /v1/completions ---------------------------------------------------------------------------------------
+    async def completions(self, request: Request) -> Response:
+        req = await self._request(request, CompletionRequest)
+        params = req.sampling_params()
+        ids = await asyncio.to_thread(self._completion_ids, req, params)
+        rid, q = self.engine.submit(ids, params)
+        if req.stream:
+            return self._stream(rid, self._completion_stream(q, req, params, len(ids)))
         done = await self._wait(rid, q, request)
+        if done is None:
+            return Response(status_code=499)
         choices = []
         for c in done.output.outputs:
             lp = None
             if params.logprobs is not None:
-                toks = [self.tok.decode([t], skip_special_tokens=False) for t in c.token_ids]
-                lp = {"tokens": toks, "token_logprobs": c.logprobs,
-                      "top_logprobs": [{self.tok.decode([k], skip_special_tokens=False): v for k, v in d.items()}
+                toks = [self._token(t) for t in c.token_ids]
+                lp = {"tokens": toks, "token_logprobs": [_lp(x) for x in c.logprobs],
+                      "top_logprobs": [{self._token(k): _lp(v) for k, v in d.items()}
                                        for d in (c.top_logprobs or [])] or None,
                       "text_offset": [sum(len(t) for t in toks[:j]) for j in range(len(toks))]}
             choices.append({"index": c.index, "text": c.text, "finish_reason": c.finish_reason, "logprobs": lp})
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": self.name, "choices": choices,
-                "usage": self._usage(len(ids), sum(len(c.token_ids) for c in done.output.outputs))}
+        return JSONResponse({"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+                             "created": int(time.time()), "model": self.name, "choices": choices,
+                             "usage": self._usage(len(ids), sum(len(c.token_ids) for c in done.output.outputs))})
 
-    async def _completion_stream(self, rid: str, q, params: SamplingParams, request: Request) -> AsyncIterator[str]:
+    async def _completion_stream(self, q: asyncio.Queue, req: CompletionRequest, params: SamplingParams,
+                                 prompt_len: int) -> AsyncIterator[str]:
         base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": self.name}
-        decoders = [ChannelDecoder(self.tok, set()) for _ in range(params.n)]
-        sent = [0] * params.n
-        async for ev in self._events(rid, q, request):
+        keep = set() if params.skip_special_tokens else set(self.tok.special_ids)
+        decoders = [ChannelDecoder(self.tok, keep) for _ in range(params.n)]
+        sent, counts = [0] * params.n, [0] * params.n
+        async for ev in self._events(q):
             if isinstance(ev, str):
                 yield ev
                 continue
             i = ev.index
             decoders[i].add(ev.token_id)
+            counts[i] += 1
             shown = visible_text(decoders[i].text, params, ev.finished, ev.stop_reason)
             text, sent[i] = shown[sent[i]:], max(sent[i], len(shown))
-            if text or ev.finished:
-                yield _sse({**base, "choices": [{"index": i, "text": text, "logprobs": None,
+            lp = None
+            if params.logprobs is not None:
+                tok = self._token(ev.token_id)
+                lp = {"tokens": [tok], "token_logprobs": [_lp(ev.logprob or 0.0)],
+                      "top_logprobs": [{self._token(k): _lp(v) for k, v in (ev.top_logprobs or {}).items()}],
+                      "text_offset": [0]}
+            if text or ev.finished or lp:
+                yield _sse({**base, "choices": [{"index": i, "text": text, "logprobs": lp,
                                                  "finish_reason": ev.finish_reason if ev.finished else None}]})
+        if req.include_usage:
+            yield _sse({**base, "choices": [], "usage": self._usage(prompt_len, sum(counts))})
         yield "data: [DONE]\n\n"
 
-    async def _events(self, rid: str, q, request: Request) -> AsyncIterator[TokenEvent | str]:
-        """A request's token events until it is done; an engine error arrives as an SSE error line; a client that
-        went away has its request aborted."""
+    # ---- events from the engine ----------------------------------------------------------------------------------
+    def _stream(self, rid: str, chunks: AsyncIterator[str]) -> StreamingResponse:
+        """SSE response. When the client goes away Starlette cancels the stream, then runs the background task:
+        the abort frees the request's sequences (a no-op for a request that already finished)."""
+        return StreamingResponse(chunks, media_type="text/event-stream",
+                                 background=BackgroundTask(self.engine.abort, rid))
+
+    @staticmethod
+    async def _events(q: asyncio.Queue) -> AsyncIterator[TokenEvent | str]:
+        """A request's token events until it is done; an engine error arrives as an SSE error event."""
         while True:
             ev = await q.get()
             if isinstance(ev, DoneEvent):
                 if ev.error:
                     yield _sse({"error": {"message": ev.error, "type": "server_error", "param": None, "code": None}})
                 return
-            if await request.is_disconnected():
-                self.engine.abort(rid)
-                return
             yield ev
 
-    async def _wait(self, rid: str, q, request: Request) -> DoneEvent:
-        while True:
-            ev = await q.get()
-            if isinstance(ev, DoneEvent):
-                if ev.error:
-                    raise APIError(500, ev.error, type_="server_error")
-                return ev
+    async def _wait(self, rid: str, q: asyncio.Queue, request: Request) -> DoneEvent | None:
+        """The request's DoneEvent, or None if the client disconnected first (its request is then aborted)."""
+        async def finished() -> DoneEvent:
+            while True:
+                ev = await q.get()
+                if isinstance(ev, DoneEvent):
+                    return ev
+
+        async def gone() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        waiter, watcher = asyncio.ensure_future(finished()), asyncio.ensure_future(gone())
+        try:
+            await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not waiter.done():
+                waiter.cancel()
+                self.engine.abort(rid)
+        if not waiter.done() or waiter.cancelled():
+            return None
+        ev = waiter.result()
+        if ev.error:
+            raise APIError(500, ev.error, type_="server_error")
+        return ev
 
 
-def build_app(llm: LLM, served_model_name: str) -> FastAPI:
-    server = Server(llm, served_model_name)
+def build_app(llm: LLM, served_model_name: str, limits: ServeLimits | None = None) -> FastAPI:
+    limits = limits or ServeLimits()
+    server = Server(llm, served_model_name, limits)
     app = FastAPI(title="nemoh", version="0.1.0")
     app.state.server = server
-
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, e: APIError):
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.exception_handler(ValueError)
-    async def _value_error(_: Request, e: ValueError):
-        err = from_value_error(e)
-        return JSONResponse(err.body(), status_code=err.status)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
     @app.get("/health")
-    async def health():
+    async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        lines = []
+        for key, value in server.engine.metrics().items():
+            kind = "counter" if key.endswith("_total") else "gauge"
+            lines += [f"# TYPE nemoh:{key} {kind}", f"nemoh:{key} {value}"]
+        return PlainTextResponse("\n".join(lines) + "\n")
+
     @app.get("/v1/models")
-    async def models():
+    async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": served_model_name, "object": "model", "created": server.created,
                                              "owned_by": "nemoh", "max_model_len": llm.max_model_len}]}
 

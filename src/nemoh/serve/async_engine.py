@@ -1,18 +1,22 @@
 """AsyncEngine: runs `LLM.step()` in one background thread and hands tokens to asyncio handlers.
 
 Requests from many HTTP handlers land in one engine, so concurrent requests are batched together. The engine thread
-owns the LLM; handlers talk to it only through the inbox queue and receive events on their own asyncio queue.
+owns the LLM; handlers talk to it only through the inbox queue (add, abort) and receive events on their own asyncio
+queue: TokenEvents, then exactly one DoneEvent (the output, or the error that ended this request alone).
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..engine import LLM, RequestOutput, SamplingParams
+
+log = logging.getLogger("nemoh.serve")
 
 
 @dataclass
@@ -22,6 +26,8 @@ class TokenEvent:
     finished: bool
     finish_reason: str | None
     stop_reason: str | int | None = None
+    logprob: float | None = None
+    top_logprobs: dict[int, float] | None = None
 
 
 @dataclass
@@ -30,22 +36,28 @@ class DoneEvent:
     error: str | None = None
 
 
+@dataclass
+class EngineStats:
+    """Counters behind GET /metrics (read from the event loop while the engine thread writes: monotonic ints)."""
+    requests_total: int = 0
+    requests_aborted_total: int = 0
+    requests_failed_total: int = 0
+    generation_tokens_total: int = 0
+    step_errors_total: int = 0
+
+
 class AsyncEngine:
     def __init__(self, llm: LLM):
         self.llm = llm
         self.inbox: queue.Queue = queue.Queue()
         self.streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self.stats = EngineStats()
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run, name="nemoh-engine", daemon=True)
         self._thread.start()
 
     def submit(self, token_ids: list[int], params: SamplingParams) -> tuple[str, asyncio.Queue]:
-        """Queue a tokenised prompt (already validated); returns its id and the queue its events arrive on."""
-        if len(token_ids) >= self.llm.max_model_len:
-            raise ValueError(f"prompt: {len(token_ids)} tokens leave no room in the context of "
-                             f"{self.llm.max_model_len} tokens")
-        if params.n > self.llm.scheduler.num_slots:
-            raise ValueError(f"n: {params.n} exceeds the server's max_num_seqs={self.llm.scheduler.num_slots}")
+        """Queue a tokenised prompt (already checked by `LLM.validate_request`); returns its id and event queue."""
         rid = f"req-{next(self._ids)}"
         q: asyncio.Queue = asyncio.Queue()
         self.streams[rid] = (asyncio.get_running_loop(), q)
@@ -53,48 +65,73 @@ class AsyncEngine:
         return rid, q
 
     def abort(self, rid: str) -> None:
+        """The client went away: its sequences leave the batch at the engine's next step."""
         self.inbox.put(("abort", rid, None, None))
 
+    def metrics(self) -> dict[str, int]:
+        sched = self.llm.scheduler
+        return {**asdict(self.stats), "num_requests_running": len(self.llm.requests), "num_sequences_running": len(sched.running),
+                "num_requests_waiting": len(sched.waiting), "num_free_slots": len(sched.free_slots)}
+
+    # ---- the engine thread --------------------------------------------------------------------------------------
     def _emit(self, rid: str, event: Any) -> None:
         target = self.streams.get(rid)
         if target is not None:
             loop, q = target
             loop.call_soon_threadsafe(q.put_nowait, event)
 
+    def _finish(self, rid: str, event: DoneEvent) -> None:
+        self._emit(rid, event)
+        self.llm.requests.pop(rid, None)
+        self.llm.errors.pop(rid, None)
+        self.streams.pop(rid, None)
+
+    def _drain_inbox(self, block: bool) -> None:
+        llm = self.llm
+        try:
+            while True:
+                kind, rid, ids, params = self.inbox.get(block=block)
+                block = False
+                if kind == "add":
+                    try:
+                        llm.add_request(ids, params, request_id=rid)
+                        self.stats.requests_total += 1
+                    except Exception as e:  # a request the engine refuses ends alone, with the reason
+                        self._finish(rid, DoneEvent(None, str(e)))
+                elif kind == "abort":
+                    if rid in llm.requests:
+                        llm.abort_request(rid)
+                        self.stats.requests_aborted_total += 1
+                    self.streams.pop(rid, None)
+        except queue.Empty:
+            pass
+
     def _run(self) -> None:
         llm = self.llm
         while True:
-            block = not llm.scheduler.has_work()
-            try:
-                while True:
-                    kind, rid, ids, params = self.inbox.get(block=block)
-                    block = False
-                    if kind == "add":
-                        try:
-                            llm.add_request(ids, params, request_id=rid)
-                        except ValueError as e:
-                            self._emit(rid, DoneEvent(None, str(e)))
-                            self.streams.pop(rid, None)
-                    elif kind == "abort" and rid in llm.requests:
-                        llm.abort(rid)
-                        self.streams.pop(rid, None)
-            except queue.Empty:
-                pass
+            self._drain_inbox(block=not llm.scheduler.has_work())
             if not llm.scheduler.has_work():
                 continue
             try:
                 events = llm.step()
-            except Exception as e:  # never let one bad step kill the server: fail the requests in flight
+            except Exception as e:  # a failure isolation could not pin on one request: fail those in flight
+                log.exception("engine step failed")
+                self.stats.step_errors_total += 1
                 for rid in list(llm.requests):
-                    self._emit(rid, DoneEvent(None, f"engine error: {e!r}"))
                     llm.abort(rid)
-                    self.streams.pop(rid, None)
+                    self._finish(rid, DoneEvent(None, f"engine error: {type(e).__name__}: {e}"))
                 continue
-            for ev in events:
-                rid = ev.seq.request_id
-                self._emit(rid, TokenEvent(ev.seq.index, ev.token_id, ev.finished, ev.seq.finish_reason,
-                                           ev.seq.stop_reason))
-                if ev.finished and rid in llm.requests and llm.output(rid).finished:
-                    self._emit(rid, DoneEvent(llm.output(rid)))
-                    llm.requests.pop(rid, None)
-                    self.streams.pop(rid, None)
+            touched: dict[str, None] = {}
+            for ev in events:  # every token event first, then the Done events: no choice loses its last chunk
+                seq, rid = ev.seq, ev.seq.request_id
+                top = seq.top_logprobs[-1] if seq.params.logprobs and seq.top_logprobs else None
+                self._emit(rid, TokenEvent(seq.index, ev.token_id, ev.finished, seq.finish_reason, seq.stop_reason,
+                                           seq.logprobs[-1] if seq.logprobs else None, top))
+                self.stats.generation_tokens_total += 1
+                touched[rid] = None
+            for rid, why in list(llm.errors.items()):
+                self.stats.requests_failed_total += 1
+                self._finish(rid, DoneEvent(None, why))
+            for rid in touched:
+                if rid in llm.requests and llm.output(rid).finished:
+                    self._finish(rid, DoneEvent(llm.output(rid)))
