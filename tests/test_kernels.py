@@ -50,7 +50,7 @@ def judged(tmp_path_factory):
     for r in rows:  # aim the network cheat at our listener
         r["code"] = r["code"].replace('int(os.environ.get("NEMOH_TEST_PORT", "9"))', str(listener.getsockname()[1]))
     (d / "ex.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    verdicts = verify_traces(d / "ex.jsonl", d / "ex.verdicts.jsonl", SandboxConfig(timeout_s=30), workers=2,
+    verdicts = verify_traces(d / "ex.jsonl", d / "ex.verdicts.jsonl", SandboxConfig(timeout_s=60), workers=2,
                              progress=False)
     stop.set()
     t.join()
@@ -59,21 +59,24 @@ def judged(tmp_path_factory):
     return d, {v.problem: v for v in verdicts}, expect, got
 
 
+@pytest.mark.slow
 def test_every_shipped_solution_passes(judged):
     _, verdicts, expect, _ = judged
     solutions = [p for p, e in expect.items() if e == "correct"]
-    assert len(solutions) >= 5
+    assert len(solutions) >= 10
     for p in solutions:
         v = verdicts[p]
-        assert v.correct and v.failure is None and v.launches >= 1 and not v.flags, (p, v.detail)
+        assert v.correct and v.failure is None and v.launches >= 1 and not v.flags, (p, v.detail, v.flags)
         assert v.max_abs_err is not None and v.max_abs_err < 1e-3 and v.mode == "interpret"
 
 
+@pytest.mark.slow
 def test_every_known_cheat_is_rejected_with_its_class(judged):
     _, verdicts, expect, got = judged
-    cheats = {p: e for p, e in expect.items() if e != "correct"}
-    assert len(cheats) >= 12
-    wrong = {p: (verdicts[p].failure, verdicts[p].detail[:120]) for p, e in cheats.items() if verdicts[p].failure != e}
+    cheats = {p: e for p, e in expect.items() if "~" in p}
+    assert len(cheats) >= 24
+    wrong = {p: (verdicts[p].failure, verdicts[p].detail[:120]) for p, e in cheats.items()
+             if (verdicts[p].failure or "correct") != e}
     assert not wrong, wrong
     assert not got                                            # nothing reached the listening socket
     assert "torch ops" in verdicts["nemoh/1_SiLU~torch_op"].detail
@@ -81,12 +84,15 @@ def test_every_known_cheat_is_rejected_with_its_class(judged):
     assert "try/except" in verdicts["nemoh/1_SiLU~try_except_fallback"].detail
     assert "mutates its input" in verdicts["nemoh/1_SiLU~mutates_input"].detail
     assert "SIGSEGV" in verdicts["nemoh/1_SiLU~out_of_bounds_store"].detail
-    assert "perf_counter" in verdicts["nemoh/1_SiLU~patches_timer"].detail
+    assert "rebinds time.perf_counter" in verdicts["nemoh/1_SiLU~patches_timer"].detail
+    assert "not written by a Triton kernel" in verdicts["nemoh/1_SiLU~cached_output"].detail
+    assert "imports from triton.runtime.build" in verdicts["nemoh/1_SiLU~triton_build_helper"].detail
 
 
 @pytest.mark.parametrize("case,expected", [
     ("def (:\n", "syntax_or_import_error"),
-    ("import not_a_real_package\n", "syntax_or_import_error"),
+    ("import torch.not_a_real_module\n", "syntax_or_import_error"),
+    ("import not_a_real_package\n", "integrity_violation"),     # outside the import allow-list
     ("import torch\nclass Foo: pass\n", "missing_model_new"),
     ("tl.arange(0, 1000)", "triton_compile_error"),          # not a power of 2: the compiler's own check
     ("tl.no_such_fn(x)", "triton_compile_error"),
@@ -108,14 +114,19 @@ def test_write_outside_the_sandbox_leaves_no_file(tmp_path):
     code = (DATA / "cheats" / "writes_outside_tmp.py").read_text().replace(
         'os.environ.get("NEMOH_ESCAPE_PATH", "/tmp/nemoh-escape.txt")', repr(str(target)))
     from nemoh.kernels import verify_code
-    v = verify_code((DATA / "problems" / "1_SiLU.py").read_text(), code, "escape")
+    problem = (DATA / "problems" / "1_SiLU.py").read_text()
+    v = verify_code(problem, code, "escape")                       # the static rules stop it before it runs
+    assert v.failure == "integrity_violation" and "imports os" in v.detail and not target.exists()
+    v = verify_code(problem, code, "escape", cfg=SandboxConfig(static_rules=False))   # and so does the audit hook
     assert v.failure == "integrity_violation" and str(target) in v.detail and not target.exists()
 
 
+@pytest.mark.slow
 def test_report_funnel_and_export(judged, tmp_path):
     d, verdicts, expect, _ = judged
     summary = summarize(list(verdicts.values()))
     n_ok = sum(e == "correct" for e in expect.values())
+    n_clean = n_ok - sum(1 for p, e in expect.items() if e == "correct" and "~" in p)   # flagged ones stay out
     assert summary["funnel"]["samples"] == len(expect) and summary["funnel"]["correct"] == n_ok
     assert summary["fast"]["fast_0"] == pytest.approx(n_ok / len(expect)) and summary["fast"]["fast_1"] is None
     assert summary["failures"]["integrity_violation"] >= 8 and summary["failures"]["timeout"] == 1
@@ -125,7 +136,7 @@ def test_report_funnel_and_export(judged, tmp_path):
     out = tmp_path / "ds.jsonl"
     assert cli(["kernels", "export", str(d / "ex.jsonl"), "--out", str(out)]) == 0
     rows = [json.loads(l) for l in out.read_text().splitlines()]
-    assert len(rows) == n_ok                                   # cheats never make it into the dataset
+    assert len(rows) == n_clean                                # cheats never make it into the dataset
     assert all(r["provenance"]["sha256"] and r["messages"][1]["role"] == "assistant" for r in rows)
     # GPU-timed speedups are required for --min-speedup > 0: none on a CPU
     assert cli(["kernels", "export", str(d / "ex.jsonl"), "--out", str(tmp_path / "fast.jsonl"),
@@ -139,7 +150,7 @@ def test_report_funnel_and_export(judged, tmp_path):
     tok = Tokenizer.from_pretrained(tmp_path / "tiny")
     errors = ErrorLog("raise")
     examples = load_chat_examples(list(read_rows(out, errors)), tok, errors)
-    assert len(examples) == n_ok and all(sum(e.loss_mask) > 0 for e in examples)
+    assert len(examples) == n_clean and all(sum(e.loss_mask) > 0 for e in examples)
     # and fine-tunes on it: one SFT step on the verified traces
     run = tmp_path / "sft"
     assert cli(["sft", "--checkpoint.dir", str(run), "--data.train", str(out), "--data.eval", "",

@@ -44,7 +44,11 @@ def add_kernels_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--out", help="verdicts JSONL (default: TRACES.verdicts.jsonl; reruns skip judged pairs)")
     s.add_argument("--workers", type=int, default=2, help="sandboxes at once")
     s.add_argument("--timeout", type=float, default=120.0, help="wall-clock seconds per candidate")
-    s.add_argument("--trials", type=int, default=3)
+    s.add_argument("--cpu-seconds", type=int, default=None, help="CPU-time limit per process (default: --timeout)")
+    s.add_argument("--mem-gb", type=float, default=4.0, help="address-space limit per process on a CPU")
+    s.add_argument("--shrink", type=int, default=1, help="divide the problems' size constants by this (CPU "
+                                                         "correctness checks of real KernelBench sizes)")
+    s.add_argument("--trials", type=int, default=2, help="seeded trials (sign-flipped and scaled ones come on top)")
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--quiet", action="store_true")
@@ -60,6 +64,11 @@ def add_kernels_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--min-speedup", type=float, default=0.0, help="> 0: keep only GPU-timed speedups >= this")
 
+    s = sub.add_parser("clear", help="clear a suspicious speedup after checking it by hand (it earns its bonus)")
+    s.add_argument("verdicts")
+    s.add_argument("--problem", required=True)
+    s.add_argument("--sample", type=int, default=0)
+
     s = sub.add_parser("prompts", help="an RL prompt set (prompt + label) for --reward.function kernelbench")
     s.add_argument("--problems", default="builtin")
     s.add_argument("--prompt", default="zero-shot", help="zero-shot | one-shot | a template file")
@@ -73,7 +82,7 @@ def add_kernels_args(p: argparse.ArgumentParser) -> None:
 def run_kernels(args: argparse.Namespace) -> int:
     """KernelBench pipeline: problems, generate, verify, report, export, prompts, examples."""
     return {"problems": _problems, "generate": _generate, "verify": _verify, "report": _report,
-            "export": _export, "prompts": _prompts, "examples": _examples}[args.kernels_command](args)
+            "export": _export, "clear": _clear, "prompts": _prompts, "examples": _examples}[args.kernels_command](args)
 
 
 def _problems(args) -> int:
@@ -100,7 +109,8 @@ def _generate(args) -> int:
 def _verify(args) -> int:
     from ..kernels import SandboxConfig, verify_traces
     from ..kernels.sandbox import network_namespace_available
-    cfg = SandboxConfig(timeout_s=args.timeout, trials=args.trials, seed=args.seed, device=args.device)
+    cfg = SandboxConfig(timeout_s=args.timeout, cpu_s=args.cpu_seconds, mem_gb=args.mem_gb, trials=args.trials,
+                        seed=args.seed, device=args.device, shrink=args.shrink)
     out = Path(args.out) if args.out else _verdicts_path(args.traces)
     if cfg.resolved_device() == "cpu":
         console.print("CPU: Triton interpreter, correctness only (no timings)")
@@ -109,7 +119,9 @@ def _verify(args) -> int:
                       "in-process audit hook only[/yellow]")
     verdicts = verify_traces(args.traces, out, cfg, args.workers, progress=not args.quiet)
     ok = sum(v.correct for v in verdicts)
-    console.print(f"verified {len(verdicts)} new candidates: {ok} correct; verdicts in {out}")
+    unfit = sum(v.failure == "does_not_fit" for v in verdicts)
+    console.print(f"verified {len(verdicts)} new candidates: {ok} correct"
+                  + (f", {unfit} on problems that do not fit this sandbox" if unfit else "") + f"; verdicts in {out}")
     return 0
 
 
@@ -131,9 +143,21 @@ def _report(args) -> int:
 
 
 def _export(args) -> int:
+    from collections import Counter
+
     from ..kernels import export
-    n = export(args.traces, args.verdicts or _verdicts_path(args.traces), args.out, args.min_speedup)
+    skipped: Counter = Counter()
+    n = export(args.traces, args.verdicts or _verdicts_path(args.traces), args.out, args.min_speedup, skipped)
     console.print(f"wrote {n} verified examples to {args.out}")
+    for why, count in skipped.most_common():
+        console.print(f"  left out {count}: {why}")
+    return 0
+
+
+def _clear(args) -> int:
+    from ..kernels.verify import clear_speedup
+    v = clear_speedup(args.verdicts, args.problem, args.sample)
+    console.print(f"cleared {v.problem} sample {v.sample}: speedup {v.speedup_eager:.2f}x now earns its bonus")
     return 0
 
 
@@ -152,7 +176,7 @@ def _prompts(args) -> int:
 def _examples(args) -> int:
     from ..data import write_jsonl_atomic
     from ..kernels.problems import DATA, load_problems
-    problems = {p.stem: p for p in load_problems("builtin")}
+    problems = {p.stem: p for p in load_problems("builtin,probes")}
     rows = []
     files = sorted((DATA / "solutions").glob("*.py")) + (sorted((DATA / "cheats").glob("*.py")) if args.cheats else [])
     for f in files:
@@ -162,7 +186,9 @@ def _examples(args) -> int:
         rows.append({"problem": p.name if not m else f"{p.name}~{f.stem}", "level": p.level, "sample": 0,
                      "problem_code": p.code, "prompt": f"Write a Triton ModelNew for:\n```python\n{p.code}```",
                      "reasoning": "", "answer": f"```python\n{code}```", "code": code, "model": "nemoh-examples",
-                     "expect": (re.search(r"# expect: (\S+)", code) or [None, "correct"])[1]})
+                     "expect": (re.search(r"# expect: (\S+)", code) or [None, "correct"])[1],
+                     "expect_runtime": (re.search(r"# runtime: (\S+)", code) or [None, None])[1],
+                     "expect_flag": (re.search(r"# flag: (.+)", code) or [None, None])[1]})
     write_jsonl_atomic(args.out, rows)
     console.print(f"wrote {len(rows)} example traces to {args.out}")
     return 0

@@ -5,7 +5,8 @@ from .generate import GenerateConfig, generate
 from .problems import Problem, builtin_solution, load_problems
 from .reward import kernelbench_reward, score
 from .report import pass_at_k, summarize
-from .sandbox import SandboxConfig, verify_code
+from .judge import verify_code
+from .sandbox import SandboxConfig
 from .taxonomy import FAILURE_CLASSES, Verdict
 from .verify import read_traces, read_verdicts, verify_traces
 

@@ -8,6 +8,7 @@ the same problem is kept once. The file is written atomically.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,46 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _keep(v: Verdict, min_speedup: float) -> bool:
-    if not v.correct or v.failure or any(not f.startswith("torch.compile baseline") for f in v.flags):
-        return False
-    return min_speedup <= 0 or (v.speedup_eager is not None and v.speedup_eager >= min_speedup)
+def _why_not(v: Verdict | None, t: dict, min_speedup: float) -> str | None:
+    """Why a trace is not exported (None: it is)."""
+    if v is None:
+        return "no verdict"
+    if not t.get("code"):
+        return "no code"
+    if not v.correct or v.failure:
+        return "not correct"
+    if any(not f.startswith("torch.compile baseline") for f in v.flags):
+        return "flagged"
+    if min_speedup > 0 and v.speedup_eager is None:
+        return "no GPU timing (CPU verdicts have no speedup: --min-speedup keeps none of them)"
+    if min_speedup > 0 and v.speedup_eager < min_speedup:
+        return f"speedup below {min_speedup:g}"
+    if min_speedup > 0 and v.speed_review == "pending":
+        return "suspicious speedup not cleared"
+    return None
 
 
-def build_dataset(traces: list[dict], verdicts: list[Verdict], min_speedup: float = 0.0) -> list[dict[str, Any]]:
+def _prompt(t: dict) -> str:
+    """The trace's prompt, or (minimal traces carry only problem, sample, problem_code) the zero-shot one."""
+    if t.get("prompt"):
+        return t["prompt"]
+    from .problems import Problem
+    from .prompts import load_template, render
+    return render(load_template("zero-shot"), Problem(t["problem"], t.get("level", ""), 0, t["problem_code"]))
+
+
+def build_dataset(traces: list[dict], verdicts: list[Verdict], min_speedup: float = 0.0,
+                  skipped: Counter | None = None) -> list[dict[str, Any]]:
+    """Rows for the clean verdicts; `skipped` (if given) counts why the others were left out."""
     judged = {(v.problem, v.sample): v for v in verdicts}
     versions = _versions()
     rows, seen = [], set()
+    skipped = skipped if skipped is not None else Counter()
     for t in traces:
         v = judged.get((t["problem"], int(t["sample"])))
-        if v is None or not _keep(v, min_speedup) or not t.get("code"):
+        why = _why_not(v, t, min_speedup)
+        if why:
+            skipped[why] += 1
             continue
         digest = hashlib.sha256(f"{t['problem']}\n{' '.join(t['code'].split())}".encode()).hexdigest()
         if digest in seen:
@@ -48,7 +76,7 @@ def build_dataset(traces: list[dict], verdicts: list[Verdict], min_speedup: floa
         assistant: dict[str, Any] = {"role": "assistant", "content": t.get("answer") or f"```python\n{t['code']}```"}
         if t.get("reasoning"):
             assistant["reasoning_content"] = t["reasoning"]
-        rows.append({"messages": [{"role": "user", "content": t["prompt"]}, assistant],
+        rows.append({"messages": [{"role": "user", "content": _prompt(t)}, assistant],
                      "provenance": {"problem": t["problem"], "level": t.get("level", ""), "sample": t["sample"],
                                     "model": t.get("model"), "sampling": t.get("sampling"), "versions": versions,
                                     "verdict": {"mode": v.mode, "launches": v.launches, "max_abs_err": v.max_abs_err,
@@ -58,7 +86,8 @@ def build_dataset(traces: list[dict], verdicts: list[Verdict], min_speedup: floa
     return rows
 
 
-def export(traces_path: str | Path, verdicts_path: str | Path, out: str | Path, min_speedup: float = 0.0) -> int:
-    rows = build_dataset(read_traces(traces_path), read_verdicts(verdicts_path), min_speedup)
+def export(traces_path: str | Path, verdicts_path: str | Path, out: str | Path, min_speedup: float = 0.0,
+           skipped: Counter | None = None) -> int:
+    rows = build_dataset(read_traces(traces_path), read_verdicts(verdicts_path), min_speedup, skipped)
     write_jsonl_atomic(out, rows)
     return len(rows)

@@ -2,6 +2,7 @@
 
 Sources (`load_problems(spec)`):
   builtin                    nemoh's own set (generic ops and nemotron_h's ops, sizes that run on a CPU)
+  probes                     problems that expose shortcuts (non-negative inputs, tiny outputs, an init scalar)
   path/to/KernelBench        a checkout: level folders (`level1/1_Square_matrix_multiplication_.py`, ...)
   path/to/level1             one folder of `N_Name.py` files
   problems.jsonl / .parquet  a table with a `code` column (optional: name, level, problem_id)
@@ -75,6 +76,8 @@ def load_problems(spec: str = "builtin") -> list[Problem]:
         src, _, only = part.partition("@")
         if src == "builtin":
             found = _from_dir(DATA / "problems", "nemoh")
+        elif src == "probes":
+            found = _from_dir(DATA / "probes", "probes")
         else:
             path = Path(src)
             if not path.exists():
@@ -99,4 +102,4 @@ def load_problems(spec: str = "builtin") -> list[Problem]:
 def builtin_solution(problem: Problem) -> str | None:
     """nemoh's hand-written Triton solution for a built-in problem, if it ships one."""
     f = DATA / "solutions" / f"{problem.stem}.py"
-    return f.read_text() if problem.level == "nemoh" and f.exists() else None
+    return f.read_text() if problem.level in ("nemoh", "probes") and f.exists() else None

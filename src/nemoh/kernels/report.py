@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from .taxonomy import FAILURE_CLASSES, Verdict
+from .taxonomy import DOES_NOT_FIT, FAILURE_CLASSES, Verdict
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -22,6 +22,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def summarize(verdicts: list[Verdict], ps: tuple[float, ...] = (0.0, 1.0, 1.5, 2.0)) -> dict[str, Any]:
+    """`does_not_fit` verdicts (the problem, not the candidate) are left out of every rate and counted apart."""
+    unfit = [v for v in verdicts if v.failure == DOES_NOT_FIT]
+    verdicts = [v for v in verdicts if v.failure != DOES_NOT_FIT]
     n = len(verdicts)
     timed = [v for v in verdicts if v.mode == "gpu"]
     correct = [v for v in verdicts if v.correct]
@@ -51,11 +54,13 @@ def summarize(verdicts: list[Verdict], ps: tuple[float, ...] = (0.0, 1.0, 1.5, 2
         vs = [v for v in verdicts if v.level == level]
         levels[level] = {"samples": len(vs), "correct": sum(v.correct for v in vs),
                          "fast_0": sum(v.correct for v in vs) / len(vs)}
-    failures = Counter(v.failure for v in verdicts if v.failure)
+    failures = Counter(v.failure for v in verdicts + unfit if v.failure)
     return {"funnel": funnel, "fast": fast, "pass_at_k": pass_k, "geomean_speedup_eager": geo,
             "levels": levels, "failures": {c: failures.get(c, 0) for c in FAILURE_CLASSES},
             "mode": "gpu" if timed else "interpret (CPU: correctness only, no timings)",
-            "flagged": sum(bool(v.flags) for v in verdicts)}
+            "flagged": sum(bool(v.flags) for v in verdicts),
+            "speed_review_pending": sum(v.speed_review == "pending" for v in verdicts),
+            "does_not_fit": {"samples": len(unfit), "problems": sorted({v.problem for v in unfit})}}
 
 
 def print_report(summary: dict[str, Any]) -> None:
@@ -63,6 +68,10 @@ def print_report(summary: dict[str, Any]) -> None:
     from rich.table import Table
     console = Console()
     console.print(f"[bold]KernelBench report[/bold] — mode: {summary['mode']}")
+    unfit = summary["does_not_fit"]
+    if unfit["samples"]:
+        console.print(f"{unfit['samples']} samples of {len(unfit['problems'])} problems do not fit this sandbox "
+                      "(left out of every rate below)")
     t = Table("stage", "samples", "share")
     total = summary["funnel"]["samples"] or 1
     for k, val in summary["funnel"].items():

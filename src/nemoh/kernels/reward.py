@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from .problems import load_problems
 from .prompts import extract_code, split_reasoning
-from .sandbox import SandboxConfig, verify_code
-from .taxonomy import INTEGRITY, NUMERIC, RUNTIME, SHAPE, Verdict
+from .judge import verify_code
+from .sandbox import SandboxConfig
+from .taxonomy import DOES_NOT_FIT, INTEGRITY, NUMERIC, RUNTIME, SHAPE, Verdict
 
 
 @dataclass(frozen=True)
@@ -20,15 +21,18 @@ class RewardShape:
     integrity: float = -1.0      # a cheat is worse than nothing
     ran: float = 0.1             # compiled and ran, wrong output (shape or values)
     correct: float = 1.0
-    speed_bonus: float = 0.5     # GPU only: + bonus * clip(log2(speedup vs eager), 0, 1)
+    speed_bonus: float = 0.5     # GPU only: + bonus * clip(log2(speedup vs eager), 0, 1), once cleared if suspicious
+    does_not_fit: float = 0.0    # the problem cannot be checked here: neutral (a whole group gets it, so no signal)
 
 
 def score(v: Verdict, shape: RewardShape = RewardShape()) -> float:
     if v.failure == INTEGRITY:
         return shape.integrity
+    if v.failure == DOES_NOT_FIT:
+        return shape.does_not_fit
     if v.correct:
         bonus = 0.0
-        if v.speedup_eager:
+        if v.speedup_eager and v.speed_review != "pending":
             bonus = shape.speed_bonus * min(1.0, max(0.0, math.log2(v.speedup_eager)))
         return shape.correct + bonus
     if v.failure in (SHAPE, NUMERIC) or (v.failure == RUNTIME and v.compiled):

@@ -14,8 +14,11 @@ SHAPE = "shape_mismatch"
 NUMERIC = "numeric_mismatch"
 TIMEOUT = "timeout"
 INTEGRITY = "integrity_violation"
+# not the candidate's fault: the reference cannot run here (memory, time, or it fails at these sizes); excluded
+# from pass@k and fast_p denominators, reported separately, neutral as a reward
+DOES_NOT_FIT = "does_not_fit"
 FAILURE_CLASSES = (NO_CODE, SYNTAX_IMPORT, MISSING_MODEL_NEW, TRITON_COMPILE, RUNTIME, SHAPE, NUMERIC, TIMEOUT,
-                   INTEGRITY)
+                   INTEGRITY, DOES_NOT_FIT)
 
 
 @dataclass
@@ -32,9 +35,13 @@ class Verdict:
     flags: list[str] = field(default_factory=list)   # integrity findings and warnings (e.g. suspicious speedup)
     max_abs_err: float | None = None
     mean_abs_err: float | None = None
+    rel_l2_err: float | None = None      # ||out - ref|| / ||ref||, the worst trial
+    trials: list[str] = field(default_factory=list)   # the trials that ran (seeded and transformed)
+    shrink: dict[str, Any] = field(default_factory=dict)  # {"factor": F, "changed": {name: [old, new]}} if shrunk
     speedup_eager: float | None = None   # GPU only: eager reference time / candidate time
     speedup_compile: float | None = None  # GPU only: torch.compile reference time / candidate time
     timings_ms: dict[str, float] = field(default_factory=dict)
+    speed_review: str | None = None      # "pending" above the suspicion threshold (no speed bonus), "cleared"
     mode: str = "interpret"              # "interpret" (CPU: correctness only) or "gpu" (correctness + timing)
     isolation: str = ""                  # how the network was cut off ("netns" or "audit-hook only")
     seconds: float = 0.0

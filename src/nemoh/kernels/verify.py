@@ -10,9 +10,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..data import ErrorLog, read_rows
+from ..data import ErrorLog, read_rows, write_jsonl_atomic
 from .generate import done_pairs, progress_bar
-from .sandbox import SandboxConfig, verify_code
+from .judge import verify_code
+from .sandbox import SandboxConfig
 from .taxonomy import Verdict
 
 
@@ -60,3 +61,19 @@ def verify_traces(traces_path: str | Path, out_path: str | Path, cfg: SandboxCon
 def read_verdicts(path: str | Path) -> list[Verdict]:
     return [Verdict.from_dict(r.data) for r in read_rows(path, ErrorLog("raise"))]
 
+
+
+def clear_speedup(path: str | Path, problem: str, sample: int) -> Verdict:
+    """A person looked at a suspicious speedup and found it real: the verdict's review becomes "cleared" (the reward
+    and `export --min-speedup` count its speedup from then on). The verdicts file is rewritten atomically."""
+    verdicts = read_verdicts(path)
+    hits = [v for v in verdicts if v.problem == problem and v.sample == sample]
+    if not hits:
+        raise ValueError(f"{path}: no verdict for problem {problem!r} sample {sample}")
+    if hits[-1].speed_review != "pending":
+        raise ValueError(f"{path}: {problem} sample {sample} has no speedup waiting for review "
+                         f"(speed_review={hits[-1].speed_review!r})")
+    for v in hits:
+        v.speed_review = "cleared"
+    write_jsonl_atomic(path, [v.to_dict() for v in verdicts])
+    return hits[-1]

@@ -1,5 +1,5 @@
 # problem: 1_SiLU
-# expect: numeric_mismatch
+# expect: integrity_violation
 # Computes the first call with a real kernel, then returns that output forever.
 import torch
 import torch.nn as nn

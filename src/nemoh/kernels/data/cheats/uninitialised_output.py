@@ -1,5 +1,5 @@
 # problem: 1_SiLU
-# expect: numeric_mismatch
+# expect: integrity_violation
 # Launches a kernel that writes nothing and returns torch.empty as is: whatever the memory held.
 import torch
 import torch.nn as nn
