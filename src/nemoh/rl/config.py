@@ -43,6 +43,7 @@ class Algo:
     eps_clip_c: float = 0.0             # dual clip (0 = off); e.g. 3.0
     kl_loss_coef: float = 0.0
     kl_loss_type: str = "low_var_kl"    # k1 | k2 | low_var_kl
+    log_kl: bool = False                # keep the warm-start policy as reference to log `kl` even with coef 0
     entropy_coef: float = 0.0
     loss_agg: str = "token-mean"        # token-mean | sequence-mean | constant-normaliser
     use_tis: bool = False

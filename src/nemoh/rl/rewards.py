@@ -16,6 +16,12 @@ log = logging.getLogger("nemoh.rewards")
 THINK_END = "</think>"
 
 
+def is_correct(score):
+    """A sample counts as correct when its reward is at least 1: every built-in reward gives exactly 1 for a correct
+    answer (dapo gives -1 for a wrong one, partial credit stays below 1). Works on floats and tensors."""
+    return score >= 1.0
+
+
 def answer_part(response: str) -> str:
     """Only the text after the reasoning counts (the deepscaler grader's rule)."""
     return response.split(THINK_END)[-1] if THINK_END in response else response
@@ -72,6 +78,14 @@ def number_match(response: str, label: Any) -> float:
     return 1.0 if m and int(m.group(1)) == int(label) else 0.0
 
 
+def number_partial(response: str, label: Any) -> float:
+    """Partial credit for a number: 1 exact, 0.5 off by one, 0.25 off by two, else (or unparsable) 0."""
+    m = re.fullmatch(r"\s*(-?\d+)\s*", answer_part(response))
+    if not m:
+        return 0.0
+    return {0: 1.0, 1: 0.5, 2: 0.25}.get(abs(int(m.group(1)) - int(label)), 0.0)
+
+
 def kernelbench(responses: list[str], label: Any) -> list[float]:
     """The KernelBench verifier as a per-group reward (nemoh.kernels.reward): sandboxed, concurrent-safe."""
     from ..kernels.reward import kernelbench_reward
@@ -79,7 +93,8 @@ def kernelbench(responses: list[str], label: Any) -> list[float]:
 
 
 REWARDS: dict[str, Callable[..., Any]] = {"math": math_reward, "dapo": dapo_reward, "exact_match": exact_match,
-                                          "number_match": number_match, "kernelbench": kernelbench}
+                                          "number_match": number_match, "number_partial": number_partial,
+                                          "kernelbench": kernelbench}
 
 
 class RewardFn:

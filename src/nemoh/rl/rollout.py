@@ -13,7 +13,8 @@ from torch import Tensor
 from ..data.prompts import PromptExample
 from ..engine import LLM, SamplingParams
 from .config import RLConfig
-from .rewards import RewardFn, reward_text
+from .rewards import RewardFn, is_correct, reward_text
+from .stats import sampling_stats
 
 
 @dataclass
@@ -84,11 +85,13 @@ def collect(llm: LLM | None, sampler: PromptSampler, cfg: RLConfig, reward: Rewa
     t0 = time.perf_counter()
     kept: list[list[Sample]] = []
     dropped: list[list[Sample]] = []
-    tokens, rounds, total = 0, 0, 0
+    sampled: list[list[float]] = []
+    tokens, rounds = 0, 0
     while len(kept) < need:
         groups, n_tok = generate(sampler.take(need - len(kept) if rounds else need), seed * 1000 + rounds)
-        tokens, rounds, total = tokens + n_tok, rounds + 1, total + len(groups)
+        tokens, rounds = tokens + n_tok, rounds + 1
         for g in groups:
+            sampled.append([s.reward for s in g])
             flat = len({s.reward for s in g}) == 1
             (dropped if cfg.algo.dynamic_sampling and flat else kept).append(g)
         if not cfg.algo.dynamic_sampling or rounds >= cfg.algo.max_sampling_rounds:
@@ -96,7 +99,8 @@ def collect(llm: LLM | None, sampler: PromptSampler, cfg: RLConfig, reward: Rewa
     kept = (kept + dropped)[:need]
     dt = time.perf_counter() - t0
     stats = {"rollout_tokens_per_s": tokens / dt, "time_rollout": dt, "sampling_rounds": rounds,
-             "dropped_groups": len(dropped)}
+             "dropped_groups": len(dropped),
+             **sampling_stats(sampled, [[s.reward for s in g] for g in kept])}
     return kept, stats
 
 
@@ -105,7 +109,7 @@ def group_stats(groups: list[list[Sample]]) -> dict[str, float]:
     lengths = torch.tensor([len(s.response_ids) for g in groups for s in g], dtype=torch.float)
     zero_std = sum(len({s.reward for s in g}) == 1 for g in groups) / max(1, len(groups))
     return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-            "accuracy": float((rewards > 0).float().mean()), "response_len_mean": float(lengths.mean()),
+            "accuracy": float(is_correct(rewards).float().mean()), "response_len_mean": float(lengths.mean()),
             "response_len_max": float(lengths.max()),
             "truncation_ratio": sum(s.truncated for g in groups for s in g) / max(1, len(rewards)),
             "zero_std_groups": zero_std}

@@ -38,8 +38,10 @@ from ..train.state import checkpoints, load_state, save_state
 from .algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, RATIOS, policy_loss, tis_weights
 from .config import RLConfig
 from .rewards import RewardFn
+from .rewards import is_correct
 from .rollout import PromptSampler, Sample, collect, group_stats
-from .tasks import TASKS
+from .stats import advantage_stats, clip_fractions, effective_tokens
+from .tasks import TASKS, task_reward
 
 
 
@@ -96,7 +98,7 @@ class RLTrainer:
         self.model, self.base_path = build_model(cfg.model, self.run_dir, cfg.train.seed)
         self.tok = Tokenizer.from_pretrained(self.base_path)
         self.chat_kwargs = {"enable_thinking": cfg.data.enable_thinking}
-        self.reward = RewardFn(cfg.reward.function)
+        self.reward = RewardFn(task_reward(cfg.data.prompts, cfg.reward.function))
         self.train_prompts, self.eval_prompts = self._load_prompts()
         self.sampler = PromptSampler(self.train_prompts, cfg.train.seed)
         self.advantage = ADVANTAGES[cfg.algo.advantage_estimator]
@@ -130,7 +132,7 @@ class RLTrainer:
         outs = llm.generate([p.prompt for p in self.eval_prompts], params,
                             chat_template_kwargs=self.chat_kwargs if self.cfg.data.apply_chat_template else None)
         scores = [self.reward([o.outputs[0].text], p.label)[0] for o, p in zip(outs, self.eval_prompts)]
-        return sum(s > 0 for s in scores) / len(scores)
+        return sum(bool(is_correct(s)) for s in scores) / len(scores)
 
     # ---- SFT warm start on the task's training split -----------------------------------------------------------
     def warm_start(self) -> None:
@@ -224,6 +226,8 @@ class RLTrainer:
                 tokens += sum(len(s.prompt_ids) + len(s.response_ids) for s in chunk)
                 acc["pg_loss"].append(float(self.aggregate(pg.detach(), mask, float(n_tok), len(idx), R)))
                 acc["pg_clipfrac"].append(float((clipped * mask).sum() / n_tok))
+                for k, v in clip_fractions(ratio, adv, mask, a.eps_clip, a.eps_clip_high).items():
+                    acc.setdefault(k, []).append(v)
                 acc["entropy"].append(float((ent.detach() * mask).sum() / n_tok))
             stats["grad_norm"] = clip_grad_norm(self.model, cfg.optim.grad_clip)
             opt.step()
@@ -244,7 +248,7 @@ class RLTrainer:
         if self._holds_engine():
             llm = LLM(copy.deepcopy(self.model).eval(), tokenizer=self.tok, max_num_seqs=cfg.rollout.max_num_seqs,
                       max_model_len=cfg.rollout.rollout_max_prompt_len + cfg.rollout.rollout_max_response_len)
-        if cfg.algo.kl_loss_coef > 0:
+        if cfg.algo.kl_loss_coef > 0 or cfg.algo.log_kl:   # log_kl: the metric only (coefficient 0)
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         if self.world > 1:
             self.layout = parallelize(self.model, cfg.parallel, self.world)
@@ -270,6 +274,9 @@ class RLTrainer:
             for s, v in zip(samples, adv.tolist()):
                 s.advantage = v
             stats = self.train_step(samples, opt, sched)
+            stats.update(advantage_stats(adv))
+            stats.update(effective_tokens([len(s.response_ids) for s in samples], adv.tolist(),
+                                          cfg.train.num_steps_per_rollout))
             t0 = time.perf_counter()
             self._sync_engine(llm)
             last = {**group_stats(groups), **roll, **stats, "time_weight_update": time.perf_counter() - t0,
