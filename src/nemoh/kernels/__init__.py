@@ -7,9 +7,10 @@ from .reward import kernelbench_reward, score
 from .report import pass_at_k, summarize
 from .judge import verify_code
 from .sandbox import SandboxConfig
+from .shrink import shrink_problem
 from .taxonomy import FAILURE_CLASSES, Verdict
-from .verify import read_traces, read_verdicts, verify_traces
+from .verify import clear_speedup, read_traces, read_verdicts, verify_traces
 
 __all__ = ["build_dataset", "export", "GenerateConfig", "generate", "Problem", "builtin_solution", "load_problems",
            "kernelbench_reward", "score", "pass_at_k", "summarize", "SandboxConfig", "verify_code",
-           "FAILURE_CLASSES", "Verdict", "read_traces", "read_verdicts", "verify_traces"]
+           "FAILURE_CLASSES", "Verdict", "read_traces", "read_verdicts", "verify_traces", "shrink_problem", "clear_speedup"]

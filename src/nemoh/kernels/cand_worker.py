@@ -366,7 +366,6 @@ def run(spec: dict, report: dict, out_dir: str) -> None:
     """The stages in order; a Failed or a Violation ends them (main() turns either into the report)."""
     import torch
     import triton  # noqa: F401  (imported before the guard is on)
-    import torch._dynamo  # noqa: F401  (what torch imports lazily on a first launch; it creates cache dirs)
     rules, provenance = _sibling("rules"), _sibling("provenance")
     device, code = spec["device"], spec["candidate_code"]
     spec = {**spec, "out_dir": out_dir}
@@ -386,6 +385,7 @@ def run(spec: dict, report: dict, out_dir: str) -> None:
     if findings:              # nothing that breaks the rules runs
         report["flags"] = findings
         raise Failed("integrity_violation", "; ".join(findings))
+    import torch._dynamo  # noqa: F401  (what torch imports lazily on a first launch; it creates cache dirs)
     watch = Watch(torch, wrapped)
     mode = _recorder(torch, provenance)
 

@@ -5,6 +5,7 @@ bookkeeping and the verdict happen here, where nothing the candidate runs can re
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
@@ -20,10 +21,11 @@ from typing import Any
 
 import torch
 
+from . import rules
 from .compare import compare
 from .sandbox import SandboxConfig, crash_reason, isolation, run_worker
 from .shrink import shrink_problem
-from .taxonomy import DOES_NOT_FIT, INTEGRITY, NO_CODE, TIMEOUT, Verdict
+from .taxonomy import DOES_NOT_FIT, INTEGRITY, NO_CODE, SYNTAX_IMPORT, TIMEOUT, Verdict
 from .trials import plan
 
 REF_ROOT = Path(tempfile.mkdtemp(prefix="nemoh-ref-"))   # candidates may not read under it (audit hook)
@@ -104,6 +106,11 @@ def verify_code(problem_code: str, candidate_code: str | None, problem: str = ""
         return v
     t0 = time.perf_counter()
     try:
+        early = _static_verdict(candidate_code, cfg)
+        if early:
+            v.parsed = early[0] != SYNTAX_IMPORT
+            v.failure, v.detail, v.flags = early[0], early[1], early[2]
+            return v
         code, changed = shrink_problem(problem_code, cfg.shrink)
         if cfg.shrink > 1:
             v.shrink = {"factor": cfg.shrink, "changed": changed}
@@ -120,6 +127,19 @@ def verify_code(problem_code: str, candidate_code: str | None, problem: str = ""
         return v
     finally:
         v.seconds = time.perf_counter() - t0
+
+
+def _static_verdict(candidate_code: str, cfg: SandboxConfig) -> tuple[str, str, list[str]] | None:
+    """Source that does not parse or breaks the static rules never reaches a process (the candidate process
+    checks the rules again: defence in depth, not trust in this one)."""
+    try:
+        tree = ast.parse(candidate_code)
+    except SyntaxError as e:
+        return SYNTAX_IMPORT, f"SyntaxError: {e.msg} (line {e.lineno})", []
+    except (ValueError, RecursionError, MemoryError) as e:    # NUL bytes, nesting deeper than the parser goes
+        return SYNTAX_IMPORT, f"{type(e).__name__}: {str(e)[:200]}", []
+    found = rules.findings(tree) if cfg.static_rules else []
+    return (INTEGRITY, "; ".join(found), found) if found else None
 
 
 def _run_candidate(candidate_code: str, ref: Reference, cfg: SandboxConfig, device: str, v: Verdict) -> None:
