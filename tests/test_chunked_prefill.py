@@ -88,3 +88,23 @@ def test_engine_interleaves_and_matches_unchunked(model):
     assert seen["short"] == -(-90 // 16)  # one per step, through every chunk of the long prompt
     with pytest.raises(ValueError, match="max_prefill_tokens"):
         LLM(model, max_prefill_tokens=0)
+
+
+def test_cli_max_prefill_tokens(tmp_path):
+    import subprocess
+    import sys
+
+    from nemoh.cli.model_cmds import init_tiny
+    init_tiny(tmp_path / "tiny", seed=0)
+    prompt = "a prompt longer than four tokens"
+    want = LLM(tmp_path / "tiny", max_prefill_tokens=None).generate(
+        prompt, SamplingParams(temperature=0, max_tokens=6))[0].outputs[0].text
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "nemoh.cli.main", "generate", str(tmp_path / "tiny"), prompt,
+                               "--max-tokens", "6", *extra], capture_output=True, text=True, timeout=300, check=False)
+    r = run("--max-prefill-tokens", "4")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(want + "\n")
+    bad = run("--max-prefill-tokens", "0")
+    assert bad.returncode != 0 and "max_prefill_tokens" in bad.stderr + bad.stdout and "Traceback" not in bad.stderr

@@ -151,3 +151,14 @@ def test_update_weights_in_place(ckpt):
     assert after == fresh and after != before
     with pytest.raises(ValueError, match="update_weights"):
         llm.update_weights({"lm_head.weight": torch.zeros(1)})
+
+
+def test_step_profile_splits_the_step(llm):
+    from nemoh.engine.profiler import PHASES, StepProfile
+    llm.profile = StepProfile()
+    try:
+        llm.generate("profile me", SamplingParams(temperature=0, max_tokens=5, ignore_eos=True, stop=["zz"]))
+        split, steps = llm.profile.split(), llm.profile.steps
+    finally:
+        llm.profile = None
+    assert steps == 5 and all(split[p] > 0 for p in PHASES) and split["other"] >= 0

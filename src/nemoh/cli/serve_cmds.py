@@ -20,12 +20,14 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--max-num-seqs", type=int, default=16)
+    p.add_argument("--max-prefill-tokens", type=int, default=2048, help="prompt tokens prefilled per engine step")
+    p.add_argument("--compile", action="store_true", help="compile the decode step (one graph per batch bucket)")
 
 
 def _llm(args: argparse.Namespace):
     from ..engine import LLM
     return LLM(args.path, dtype=DTYPES[args.dtype], device=args.device, max_num_seqs=args.max_num_seqs,
-               max_model_len=args.max_model_len)
+               max_model_len=args.max_model_len, max_prefill_tokens=args.max_prefill_tokens, compile=args.compile)
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:

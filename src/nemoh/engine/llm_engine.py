@@ -8,6 +8,7 @@ one chunk (chunked prefill).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import deque
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ..tokenizer import Tokenizer
 from .detokenizer import IncrementalDetokenizer, find_stop, special_skip_ids
 from .model_runner import ModelRunner
 from .outputs import CompletionOutput, RequestOutput
+from .profiler import StepProfile
 from .sampler import sample
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
@@ -41,7 +43,10 @@ class StepEvent:
 class LLM:
     def __init__(self, model: str | Path | NemotronHForCausalLM, tokenizer: Tokenizer | str | Path | None = None,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 max_num_seqs: int = 16, max_model_len: int = 2048, max_prefill_tokens: int | None = 2048):
+                 max_num_seqs: int = 16, max_model_len: int = 2048, max_prefill_tokens: int | None = 2048,
+                 compile: bool = False):
+        """`compile`: the one-token decode step through torch.compile, one static-shape graph per batch-size bucket,
+        compiled at start-up (minutes on a CPU; see bench/RESULTS.md for when it pays)."""
         if max_prefill_tokens is not None and (not isinstance(max_prefill_tokens, int) or max_prefill_tokens < 1):
             raise ValueError(f"max_prefill_tokens: must be a positive integer or None, got {max_prefill_tokens!r}")
         if not isinstance(model, NemotronHForCausalLM):
@@ -52,7 +57,7 @@ class LLM:
         if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
             tokenizer = Tokenizer.from_pretrained(tokenizer)
         self.model, self.tokenizer = model, tokenizer
-        self.runner = ModelRunner(model, max_num_seqs, max_model_len)
+        self.runner = ModelRunner(model, max_num_seqs, max_model_len, compile=compile)
         self.scheduler = Scheduler(max_num_seqs)
         self.max_model_len, self.max_prefill_tokens = max_model_len, max_prefill_tokens
         self.eos_ids = set(model.config.eos_token_ids)
@@ -62,6 +67,7 @@ class LLM:
         self.think_end = tokenizer.think_end_id if tokenizer else None
         self._special_ids = special_skip_ids(tokenizer) if tokenizer else frozenset()
         self._req_ids = itertools.count()
+        self.profile: StepProfile | None = None   # set to a StepProfile to record where step time goes
         self.requests: dict[str, tuple[str | None, list[Sequence]]] = {}
         self.errors: dict[str, str] = {}          # request id -> why it failed (finish_reason "error"); caller pops
         self._pending_aborts: deque[str] = deque()
@@ -166,28 +172,40 @@ class LLM:
     # ---- one engine step ----------------------------------------------------------------------------------
     def step(self) -> list[StepEvent]:
         self._apply_aborts()
-        events: list[StepEvent] = []
-        self.scheduler.admit()
-        fresh = self._prefill(events)
-        # in slot order, so that a full or contiguous batch reads the cache through views
-        running = sorted((s for s in self.scheduler.running if s.is_prefilled and s.seq_id not in fresh),
-                         key=lambda s: s.slot)
-        if running:
-            want = any(s.params.return_routed_experts for s in running)
-            logits, routing = self.runner.decode([s.last_token for s in running], [s.slot for s in running], want)
-            events += self._sample_and_append(running, logits, routing)
+        if self.profile is not None:
+            self.profile.steps += 1
+        with self._phase("step"):
+            events: list[StepEvent] = []
+            with self._phase("scheduling"):
+                self.scheduler.admit()
+            fresh = self._prefill(events)
+            with self._phase("scheduling"):
+                # in slot order, so that a full or contiguous batch reads the cache through views
+                running = sorted((s for s in self.scheduler.running if s.is_prefilled and s.seq_id not in fresh),
+                                 key=lambda s: s.slot)
+            if running:
+                want = any(s.params.return_routed_experts for s in running)
+                with self._phase("model"):
+                    logits, routing = self.runner.decode([s.last_token for s in running], [s.slot for s in running],
+                                                         want, self.scheduler.free_slots)
+                events += self._sample_and_append(running, logits, routing)
         return events
+
+    def _phase(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return self.profile.phase(name) if self.profile is not None else contextlib.nullcontext()
 
     def _prefill(self, events: list[StepEvent]) -> set[int]:
         """One batched prefill of the next prompt chunks (first sample of each new request). A request whose prompt
         is complete samples its first tokens and forks its cache to its other samples. Returns their sequence ids."""
-        plan = self.scheduler.schedule_prefill(self.max_prefill_tokens)
+        with self._phase("scheduling"):
+            plan = self.scheduler.schedule_prefill(self.max_prefill_tokens)
         if not plan:
             return set()
         firsts = [g[0] for g, _, _ in plan]
         want = any(s.params.return_routed_experts for s in firsts)
-        logits, routing = self.runner.prefill([s.prompt_token_ids[a:b] for s, (_, a, b) in zip(firsts, plan)],
-                                              [s.slot for s in firsts], [a for _, a, _ in plan], want)
+        with self._phase("model"):
+            logits, routing = self.runner.prefill([s.prompt_token_ids[a:b] for s, (_, a, b) in zip(firsts, plan)],
+                                                  [s.slot for s in firsts], [a for _, a, _ in plan], want)
         fresh: set[int] = set()
         for j, (group, _, end) in enumerate(plan):
             first = group[0]
@@ -206,7 +224,8 @@ class LLM:
 
     def _sample_and_append(self, seqs: list[Sequence], logits: Tensor, routing: Tensor | None) -> list[StepEvent]:
         """Sample one token per sequence and append it; an error in one sequence fails its request only."""
-        rows = self._sample_isolated(seqs, logits)
+        with self._phase("sampling"):
+            rows = self._sample_isolated(seqs, logits)
         events = []
         for i, seq in enumerate(seqs):
             if rows[i] is None or seq.is_finished:   # failed here, or a sibling's failure finished it
@@ -295,9 +314,10 @@ class LLM:
         """Add the token to the sequence's text; a stop string that the new text completes: (start, string)."""
         if seq.detok is None:
             return None
-        before = len(seq.detok.text)
-        seq.detok.add(tok)
-        return find_stop(seq.detok.text, len(seq.detok.text) - before, seq.params.stop) if seq.params.stop else None
+        with self._phase("detokenisation"):
+            before = len(seq.detok.text)
+            seq.detok.add(tok)
+            return find_stop(seq.detok.text, len(seq.detok.text) - before, seq.params.stop) if seq.params.stop else None
 
     # ---- results ------------------------------------------------------------------------------------------
     def completion(self, seq: Sequence) -> CompletionOutput:

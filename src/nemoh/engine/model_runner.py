@@ -5,14 +5,18 @@ import torch
 from torch import Tensor
 
 from ..model import HybridCache, NemotronHForCausalLM
+from .compiled_decode import CompiledDecode
 
 
 class ModelRunner:
-    def __init__(self, model: NemotronHForCausalLM, max_num_seqs: int, max_model_len: int):
+    def __init__(self, model: NemotronHForCausalLM, max_num_seqs: int, max_model_len: int, compile: bool = False):
         self.model = model.eval()
         self.max_num_seqs, self.max_model_len = max_num_seqs, max_model_len
         dtype = next(p.dtype for n, p in model.named_parameters() if n.endswith("lm_head.weight"))
         self.cache = HybridCache(model.config, max_num_seqs, max_model_len, dtype=dtype, device=model.device)
+        self.compiled = CompiledDecode(model, self.cache, max_num_seqs) if compile else None
+        if self.compiled is not None:
+            self.compiled.warm_up()
 
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], slots: list[int], starts: list[int],
@@ -36,8 +40,12 @@ class ModelRunner:
         return out.logits[:, -1], routing
 
     @torch.inference_mode()
-    def decode(self, last_tokens: list[int], slots: list[int], want_routing: bool) -> tuple[Tensor, Tensor | None]:
-        """One token for each running slot. Returns logits (b,V) and routing (m, b, k)."""
+    def decode(self, last_tokens: list[int], slots: list[int], want_routing: bool,
+               free_slots: list[int] = ()) -> tuple[Tensor, Tensor | None]:  # type: ignore[assignment]
+        """One token for each running slot. Returns logits (b,V) and routing (m, b, k). The compiled step (no
+        routing capture) pads the batch with `free_slots`."""
+        if self.compiled is not None and not want_routing:
+            return self.compiled.run(last_tokens, slots, list(free_slots)), None
         ids = torch.tensor(last_tokens, device=self.model.device)[:, None]
         out = self.model(ids, cache=self.cache, cache_slots=torch.tensor(slots, device=ids.device),
                          return_routing=want_routing)

@@ -52,6 +52,8 @@ class Attention(nn.Module):
             real = torch.arange(T, device=k.device) < cache.new_tokens[:, None]   # past the cache's end)
             rows, pos_w, kn, vn = rows[real], pos[real], kn[real], vn[real]
             S = int((start + cache.new_tokens).max())
+        elif torch.compiler.is_compiling():  # the compiled decode step: static shapes, every position (masked)
+            pos_w, S = pos, kc.shape[2]
         else:
             pos_w, S = pos, int(pos.max()) + 1
         kc[rows, :, pos_w] = kn

@@ -35,13 +35,15 @@ class HybridCache:
         self.index: slice | Tensor = slice(0, num_slots)
         self.new_tokens: Tensor | int = 0
 
-    def begin(self, slots: Tensor | None, num_new: int, lengths: Tensor | None = None) -> None:
+    def begin(self, slots: Tensor | None, num_new: int, lengths: Tensor | None = None, static: bool = False) -> None:
         """Select the slots for the next forward and check there is room. `lengths` (b,) are the real token counts
-        of right-padded rows (default: all `num_new`)."""
+        of right-padded rows (default: all `num_new`). `static` (a compiled step, one graph per batch size): only
+        the run 0..b-1 is read through a view, any other set of slots through a gather."""
         self.slots = torch.arange(self.num_slots, device=self.lengths.device) if slots is None else slots
         s = self.slots.tolist()
+        first = 0 if static else s[0]
         # a contiguous run of slots is read and updated through a view: no gather/scatter of the states
-        self.index: slice | Tensor = slice(s[0], s[-1] + 1) if s == list(range(s[0], s[0] + len(s))) else self.slots
+        self.index: slice | Tensor = slice(first, first + len(s)) if s == list(range(first, first + len(s))) else self.slots
         self.new_tokens = lengths if lengths is not None else num_new
         longest = int((self.lengths[self.slots] + (num_new if lengths is None else lengths)).max())
         if longest > self.max_seq_len:
@@ -51,8 +53,9 @@ class HybridCache:
         return t[self.index]
 
     def write(self, t: Tensor, value: Tensor) -> None:
-        if isinstance(self.index, slice) and value.data_ptr() == t[self.index].data_ptr():
-            return  # updated in place through the view
+        if isinstance(self.index, slice) and not torch.compiler.is_compiling() \
+                and value.data_ptr() == t[self.index].data_ptr():
+            return  # updated in place through the view (a compiled step cannot compare pointers: it copies)
         t[self.index] = value.to(t.dtype)
 
     def end(self) -> None:

@@ -103,11 +103,28 @@ def experts_padded(x: Tensor, ids: Tensor, w: Tensor, up: Tensor, down: Tensor) 
     return F.embedding(torch.argsort(order), ys).view(n, k, -1).sum(1, dtype=torch.float32).to(x.dtype)
 
 
+def experts_static(x: Tensor, ids: Tensor, w: Tensor, up: Tensor, down: Tensor) -> Tensor:
+    """Static shapes and no host sync, for a compiled decode step. Fewer (token, expert) pairs than experts: gather
+    the chosen experts' weights (reads only those); else run every expert on every token, weighted by the dense
+    (n,E) routing matrix (zero for the experts not chosen). Same math as experts_loop."""
+    n, k = ids.shape
+    E = up.shape[0]
+    if n * k < E:
+        h = relu2(torch.einsum("nl,nkfl->nkf", x, up[ids])) * w[..., None].to(x.dtype)    # (n,k,F)
+        ys = torch.einsum("nkf,nklf->nkl", h, down[ids])                                  # (n,k,L)
+        return ys.sum(1, dtype=torch.float32).to(x.dtype)
+    dense = torch.zeros(n, E, dtype=w.dtype, device=w.device).scatter(1, ids, w).to(x.dtype)  # (n,E)
+    h = relu2(torch.matmul(up, x.t())) * dense.t()[:, None, :]                            # (E,F,n)
+    return torch.matmul(down, h).sum(0, dtype=torch.float32).t().to(x.dtype)              # (E,L,n) -> (n,L)
+
+
 def experts_auto(x: Tensor, ids: Tensor, w: Tensor, up: Tensor, down: Tensor) -> Tensor:
     """Padded batched GEMMs for decode-sized batches (up to 8 pairs per expert) that touch about every expert
     anyway; the sorted loop otherwise: with fewer pairs than experts it reads only the experts in use, and for
-    prefill and training it wastes no padding."""
+    prefill and training it wastes no padding. Under torch.compile (the compiled decode step): static shapes."""
     E = up.shape[0]
+    if torch.compiler.is_compiling() and not torch.is_grad_enabled():
+        return experts_static(x, ids, w, up, down)
     if E <= ids.numel() <= 8 * E and not torch.is_grad_enabled():
         return experts_padded(x, ids, w, up, down)
     return experts_loop(x, ids, w, up, down)
@@ -115,7 +132,7 @@ def experts_auto(x: Tensor, ids: Tensor, w: Tensor, up: Tensor, down: Tensor) ->
 
 # Token-dispatch implementations, chosen by name (a grouped-GEMM kernel slots in here).
 EXPERT_IMPLS: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]] = {
-    "auto": experts_auto, "loop": experts_loop, "padded": experts_padded}
+    "auto": experts_auto, "loop": experts_loop, "padded": experts_padded, "static": experts_static}
 
 
 class Experts(nn.Module):
