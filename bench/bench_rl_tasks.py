@@ -46,8 +46,9 @@ def warm_start(task: str, seed: int, sets: list[str], out: Path) -> Path:
     return run / "final"
 
 
-def rl_run(task: str, seed: int, sets: list[str], out: Path, tag: str) -> dict:
-    ws = warm_start(task, seed, sets, out)
+def rl_run(task: str, seed: int, sets: list[str], out: Path, tag: str, ws_seed: int | None = None) -> dict:
+    """RL with `seed` from the warm start of `ws_seed` (default: the same seed)."""
+    ws = warm_start(task, seed if ws_seed is None else ws_seed, sets, out)
     run = out / tag / f"{task}-s{seed}"
     if (run / "metrics.jsonl").exists():
         (run / "metrics.jsonl").unlink()   # a fresh curve, not appended to an old one
@@ -58,7 +59,7 @@ def rl_run(task: str, seed: int, sets: list[str], out: Path, tag: str) -> dict:
     t0 = time.perf_counter()
     result = RLTrainer(cfg, show_progress=False).run()
     wall = time.perf_counter() - t0
-    curve = [(r["step"], r["eval_accuracy"]) for r in read_metrics(run) if "eval_accuracy" in r]
+    curve = sorted({r["step"]: r["eval_accuracy"] for r in read_metrics(run) if "eval_accuracy" in r}.items())
     return {"task": task, "seed": seed, "before": result["eval_accuracy_before"],
             "after": result["eval_accuracy_after"], "best": max(a for _, a in curve), "curve": curve, "wall_s": wall}
 

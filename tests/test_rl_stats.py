@@ -1,7 +1,13 @@
 """The learning diagnostics (nemoh.rl.stats) against hand computations."""
 import torch
 
-from nemoh.rl.stats import advantage_stats, clip_fractions, effective_tokens, flat_group_reason, sampling_stats
+from nemoh.rl.stats import (
+    advantage_stats,
+    clip_fractions,
+    effective_tokens,
+    flat_group_reason,
+    sampling_stats,
+)
 
 
 def test_advantage_stats_counts_the_samples_with_signal():

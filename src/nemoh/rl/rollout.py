@@ -104,6 +104,17 @@ def collect(llm: LLM | None, sampler: PromptSampler, cfg: RLConfig, reward: Rewa
     return kept, stats
 
 
+def held_out_accuracy(llm: LLM, prompts: list[PromptExample], reward: RewardFn, max_tokens: int,
+                      chat_kwargs: dict | None) -> float:
+    """Greedy accuracy (reward >= 1) on held-out prompts; `chat_kwargs` None sends the prompts without a template."""
+    if not prompts:
+        return float("nan")
+    outs = llm.generate([p.prompt for p in prompts], SamplingParams(temperature=0, max_tokens=max_tokens),
+                        chat_template_kwargs=chat_kwargs)
+    scores = [reward([o.outputs[0].text], p.label)[0] for o, p in zip(outs, prompts)]
+    return sum(bool(is_correct(s)) for s in scores) / len(scores)
+
+
 def group_stats(groups: list[list[Sample]]) -> dict[str, float]:
     rewards = torch.tensor([s.reward for g in groups for s in g])
     lengths = torch.tensor([len(s.response_ids) for g in groups for s in g], dtype=torch.float)

@@ -5,9 +5,8 @@ Legend: B samples (prompt-major, G consecutive per prompt), T response tokens (p
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from .rewards import is_correct

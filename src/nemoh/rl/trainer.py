@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..data import ErrorLog, load_prompt_examples, read_rows
-from ..engine import LLM, SamplingParams
+from ..engine import LLM
 from ..model import NemotronHForCausalLM
 from ..tokenizer import Tokenizer
 from ..train.metrics import MetricsLogger
@@ -38,8 +38,7 @@ from ..train.state import checkpoints, load_state, save_state
 from .algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, RATIOS, policy_loss, tis_weights
 from .config import RLConfig
 from .rewards import RewardFn
-from .rewards import is_correct
-from .rollout import PromptSampler, Sample, collect, group_stats
+from .rollout import PromptSampler, Sample, collect, group_stats, held_out_accuracy
 from .stats import advantage_stats, clip_fractions, effective_tokens
 from .tasks import TASKS, task_reward
 
@@ -126,13 +125,8 @@ class RLTrainer:
     # ---- evaluation ------------------------------------------------------------------------------------------
     def evaluate(self, llm: LLM) -> float:
         """Greedy accuracy on the held-out prompts."""
-        if not self.eval_prompts:
-            return float("nan")
-        params = SamplingParams(temperature=0, max_tokens=self.cfg.rollout.rollout_max_response_len)
-        outs = llm.generate([p.prompt for p in self.eval_prompts], params,
-                            chat_template_kwargs=self.chat_kwargs if self.cfg.data.apply_chat_template else None)
-        scores = [self.reward([o.outputs[0].text], p.label)[0] for o, p in zip(outs, self.eval_prompts)]
-        return sum(bool(is_correct(s)) for s in scores) / len(scores)
+        return held_out_accuracy(llm, self.eval_prompts, self.reward, self.cfg.rollout.rollout_max_response_len,
+                                 self.chat_kwargs if self.cfg.data.apply_chat_template else None)
 
     # ---- SFT warm start on the task's training split -----------------------------------------------------------
     def warm_start(self) -> None:
