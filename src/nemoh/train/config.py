@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..lora import DEFAULT_TARGETS
+
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
@@ -82,8 +84,12 @@ class LoRASection:
     enabled: bool = False
     r: int = 8
     alpha: float = 16.0
-    targets: list[str] = field(default_factory=lambda: ["*.q_proj", "*.k_proj", "*.v_proj", "*.o_proj", "*.in_proj",
-                                                        "*.out_proj", "*.up_proj", "*.down_proj", "*.experts"])
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    init_from: str = ""              # an adapter dir (PEFT's format or nemoh's) to start from; it sets r/alpha/targets
+
+    def __post_init__(self) -> None:
+        if self.init_from and not self.enabled:
+            raise ValueError("lora.init_from: set lora.enabled = true as well")
 
 
 @dataclass
