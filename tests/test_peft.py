@@ -16,6 +16,7 @@ from nemoh.cli.main import main as cli
 from nemoh.lora import (
     DEFAULT_TARGETS,
     LoRAConfig,
+    adapted,
     apply_lora,
     load_adapter,
     lora_parameters,
@@ -88,7 +89,15 @@ def test_nemoh_adapter_loads_in_peft(tmp_path, case, caplog):
     with torch.no_grad():
         want = ours(ids).logits
         got = peft_model(ids).logits
-    assert (want - base).abs().max() > 0.1  # the adapter matters, experts included (checked below by the merge)
+        experts = [f for path, f in adapted(ours).items() if ".experts." in path]
+        saved = [f.lora_B.clone() for f in experts]
+        for f in experts:
+            f.lora_B.zero_()
+        without_experts = ours(ids).logits
+        for f, b in zip(experts, saved):
+            f.lora_B.copy_(b)
+    # the adapter matters, its routed-expert part too: PEFT ignoring either would miss TOL by far
+    assert (want - base).abs().max() > 0.1 and (want - without_experts).abs().max() > 0.01
     assert (got - want).abs().max().item() < TOL
 
     merge_lora(ours)
