@@ -157,7 +157,7 @@ def test_sft_init_from_a_peft_adapter(tmp_path):
     run = tmp_path / "run"
     assert cli(["sft", "--model.path", str(tmp_path / "base"), "--lora.enabled", "true", "--lora.init_from",
                 str(tmp_path / "adapter"), "--train.steps", "1", "--optim.lr", "1e-12", "--checkpoint.dir", str(run),
-                "--train.eval_every", "0", "--quiet"]) == 0
+                "--train.eval_every", "0", "--data.eval", "", "--quiet"]) == 0
     start = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     end = load_file(run / "adapter" / "adapter_model.safetensors")
     assert set(start) == set(end)
