@@ -1,13 +1,14 @@
-"""LoRA for nemotron_h, routed experts included.
+"""LoRA for nemotron_h, routed experts included, in PEFT's adapter format.
 
-Linear layers (attention q/k/v/o, Mamba in/out_proj, dense MLP, shared expert, latent projections) get `lora_A`
-(r, in) and `lora_B` (out, r) beside their weight and a forward hook adding `scale * x Aᵀ Bᵀ`; parameter names of
-the base model do not change. Routed experts get stacked per-expert factors, `lora_A` (E, r, in) and `lora_B`
-(E, out, r) for each of up_proj and down_proj, applied through the same token dispatch as the base experts (the
-dispatch sees W_e + scale * B_e A_e). Adapters save PEFT-style; `merge_lora` folds them into the weights exactly.
+Linear layers (attention q/k/v/o, Mamba in/out_proj, dense MLP, shared expert, latent projections) get factors
+beside their weight, applied by a forward hook; routed experts get per-expert factors applied through the same token
+dispatch (the `Experts.lora` field). Base parameter names do not change. `save_adapter` writes PEFT's format (it loads
+with `PeftModel.from_pretrained` on transformers' NemotronH, experts through `target_parameters`); `load_adapter`
+reads it, and nemoh's earlier format; `merge_lora` folds adapters into the weights.
 """
-from .lora import (LoRAConfig, apply_lora, load_adapter, lora_parameters, lora_state_dict, merge_lora,
-                   save_adapter)
+from .config import DEFAULT_TARGETS, LoRAConfig
+from .io import ADAPTER_FORMATS, load_adapter, read_adapter, save_adapter
+from .modules import Factors, adapted, apply_lora, lora_parameters, merge_lora
 
-__all__ = ["LoRAConfig", "apply_lora", "load_adapter", "lora_parameters", "lora_state_dict", "merge_lora",
-           "save_adapter"]
+__all__ = ["ADAPTER_FORMATS", "DEFAULT_TARGETS", "Factors", "LoRAConfig", "adapted", "apply_lora", "load_adapter",
+           "lora_parameters", "merge_lora", "read_adapter", "save_adapter"]

@@ -143,12 +143,13 @@ class Experts(nn.Module):
         self.up_proj = nn.Parameter(torch.empty(E, F, L).normal_(std=c.initializer_range))
         self.down_proj = nn.Parameter(torch.empty(E, L, F).normal_(std=c.initializer_range))
         self.impl = EXPERT_IMPLS[impl]
+        # LoRA (nemoh.lora.ExpertsLoRA): (up, down) -> adapted (up, down), so the dispatch sees W_e + scale * B_e A_e
+        self.lora: nn.Module | None = None
 
     def forward(self, x: Tensor, ids: Tensor, w: Tensor) -> Tensor:
         up, down = self.up_proj, self.down_proj
-        if hasattr(self, "lora_A_up"):  # LoRA (nemoh.lora): the dispatch sees W_e + scale * B_e A_e
-            up = up + torch.bmm(self.lora_B_up, self.lora_A_up) * self.lora_scale
-            down = down + torch.bmm(self.lora_B_down, self.lora_A_down) * self.lora_scale
+        if self.lora is not None:
+            up, down = self.lora(up, down)
         return self.impl(x, ids, w, up, down)
 
 

@@ -59,7 +59,7 @@ def apply_ep(model: nn.Module, group: dist.ProcessGroup) -> None:
         for name, m in model.named_modules():
             if not isinstance(m, Experts):
                 continue
-            if hasattr(m, "lora_A_up"):
+            if m.lora is not None:
                 raise NotImplementedError("parallel.ep: LoRA on routed experts is single-process for now")
             for attr in ("up_proj", "down_proj"):
                 p = getattr(m, attr)

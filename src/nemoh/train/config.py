@@ -96,6 +96,12 @@ class TrainConfig:
 class LoRASection(LoRAConfig):
     """`[lora]`: the adapter's own config (r, alpha, targets) plus whether to train one."""
     enabled: bool = False
+    init_from: str = ""              # an adapter dir (PEFT's format or nemoh's) to start from; it sets r/alpha/targets
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init_from and not self.enabled:
+            raise ValueError("lora.init_from: set lora.enabled = true as well")
 
 
 @dataclass

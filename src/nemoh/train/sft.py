@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..data import ErrorLog, collate, load_chat_examples, pack, read_rows
 from ..data.packing import PackedBatch, trained_tokens
-from ..lora import apply_lora, lora_parameters, merge_lora, save_adapter
+from ..lora import apply_lora, load_adapter, lora_parameters, merge_lora, save_adapter
 from ..model import NemotronHForCausalLM
 from ..model.flops import flops_per_token
 from ..model.model import DTYPES
@@ -104,7 +104,10 @@ def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
 
     rank, world = init_distributed()
     model, path = build_model(cfg.model, run_dir, cfg.train.seed)
-    if cfg.lora.enabled:
+    if cfg.lora.enabled and cfg.lora.init_from:
+        load_adapter(model, cfg.lora.init_from)
+        params = lora_parameters(model)
+    elif cfg.lora.enabled:
         apply_lora(model, cfg.lora)
         params = lora_parameters(model)
     else:
