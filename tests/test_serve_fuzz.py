@@ -16,9 +16,9 @@ from net import free_port
 
 from nemoh.cli.model_cmds import init_tiny
 
-N_REQUESTS = 300
-CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
-COMPLETION = {"model": "tiny", "prompt": "hello", "max_tokens": 4, "temperature": 0}
+N_REQUESTS = 240
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}
+COMPLETION = {"model": "tiny", "prompt": "hello", "max_tokens": 2, "temperature": 0}
 FIELDS = ["model", "messages", "prompt", "n", "temperature", "top_p", "top_k", "min_p", "max_tokens",
           "max_completion_tokens", "min_tokens", "stop", "stop_token_ids", "seed", "stream", "stream_options", "logprobs",
           "top_logprobs", "tools", "tool_choice", "chat_template_kwargs", "ignore_eos", "skip_special_tokens",
