@@ -77,6 +77,10 @@ class Server:
         self.created = int(time.time())
         # No token spans more characters than the longest vocabulary entry, so a text longer than
         # context x that (x 4 for normalisers that shorten text) cannot fit: refused before tokenising.
+        try:  # compile the chat template now: the first compile takes ~1 s holding the GIL, i.e. the event loop
+            self.tok.apply_chat_template([{"role": "user", "content": "hi"}])
+        except ValueError:
+            pass                                   # no template, or one that wants more: requests will say so
         longest = max(len(self.tok.decode([i], skip_special_tokens=False)) for i in range(self.tok.vocab_size))
         self.max_prompt_chars = 4 * llm.max_model_len * max(longest, 1)
 
