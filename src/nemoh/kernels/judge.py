@@ -54,6 +54,15 @@ class Reference:
     does_not_fit: str = ""
 
 
+def _nbytes(outputs: list) -> int:
+    """The largest trial output, in bytes."""
+    def size(o: Any) -> int:
+        if isinstance(o, (tuple, list)):
+            return sum(size(x) for x in o)
+        return o.numel() * o.element_size() if isinstance(o, torch.Tensor) else 0
+    return max((size(o) for o in outputs), default=0)
+
+
 def _load(data: bytes | Path) -> Any:
     src = io.BytesIO(data) if isinstance(data, bytes) else data
     return torch.load(src, weights_only=True)
@@ -66,7 +75,8 @@ def _run_reference(code: str, cfg: SandboxConfig, device: str) -> Reference:
                 "trials": [t.to_dict() for t in plan(cfg.seed, cfg.trials, cfg.transforms)],
                 "warmup": cfg.warmup, "iters": cfg.iters}
         (tmp / "spec.json").write_text(json.dumps(spec))
-        fin = run_worker("ref_worker.py", tmp / "spec.json", tmp, cfg, device)
+        # the reference writes every trial's inputs and outputs: its files may be as large as its memory
+        fin = run_worker("ref_worker.py", tmp / "spec.json", tmp, cfg, device, file_bytes=int(cfg.mem_gb * 2**30))
         if fin.timed_out:
             return Reference(does_not_fit=f"the reference took longer than {cfg.timeout_s:g} s")
         if not (tmp / "meta.json").exists():
@@ -165,7 +175,8 @@ def _run_candidate(candidate_code: str, ref: Reference, cfg: SandboxConfig, devi
                 "warmup": cfg.warmup, "iters": cfg.iters}
         (tmp / "spec.json").write_text(json.dumps(spec))
         fin = run_worker("cand_worker.py", tmp / "spec.json", tmp, cfg, device,
-                         json.dumps({"nonce": nonce, "out_dir": str(out_dir)}).encode() + b"\n")
+                         json.dumps({"nonce": nonce, "out_dir": str(out_dir)}).encode() + b"\n",
+                         file_bytes=2 * _nbytes(ref.outputs) + (1 << 20))   # one trial's output per file
         if fin.timed_out:
             v.failure, v.detail = TIMEOUT, f"killed after {cfg.timeout_s:g} s wall clock"
             return
