@@ -24,7 +24,7 @@ def run(problems, shrink: int, timeout: float, workers: int, mem_gb: float) -> d
     with tempfile.TemporaryDirectory() as tmp:
         traces = Path(tmp) / "t.jsonl"
         traces.write_text("".join(json.dumps({"problem": p.name, "sample": 0, "level": p.level, "problem_code": p.code,
-                                              "code": re.sub(r"\bclass Model\b", "class ModelNew", p.code)}) + "\n"
+                                              "code": re.sub(r"\bModel\b", "ModelNew", p.code)}) + "\n"
                                   for p in problems))
         t0 = time.perf_counter()
         verdicts = verify_traces(traces, Path(tmp) / "v.jsonl", SandboxConfig(timeout_s=timeout, shrink=shrink,
@@ -36,9 +36,8 @@ def run(problems, shrink: int, timeout: float, workers: int, mem_gb: float) -> d
             "classes": dict(Counter(v.failure or "correct" for v in verdicts)),
             "median_s_per_candidate": statistics.median(v.seconds for v in verdicts) if verdicts else None,
             "wall_s": wall, "candidates_per_min": 60 * len(verdicts) / wall,
-            "unfit_reasons": dict(Counter(v.detail.split(":")[0][:60] for v in verdicts
-                                          if v.failure == "does_not_fit")),
-            "not_run": sorted(v.problem for v in fit if not v.compiled)}
+            "unfit": {v.problem: v.detail[:120] for v in verdicts if v.failure == "does_not_fit"},
+            "not_run": {v.problem: v.detail[:120] for v in fit if not v.compiled}}
 
 
 def main() -> None:

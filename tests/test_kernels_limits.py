@@ -2,6 +2,8 @@
 it checkable, the CPU limit follows `--timeout` or `--cpu-seconds`, and the CLI's clear / export messages."""
 import json
 
+import pytest
+
 from nemoh.cli.main import main as cli
 from nemoh.kernels import SandboxConfig, read_verdicts, score, verify_code
 from nemoh.kernels.problems import DATA
@@ -69,3 +71,11 @@ def test_clear_and_export_messages(tmp_path, capsys):
     assert "wrote 0" in out and "no GPU timing" in out
     assert cli(["kernels", "export", str(traces), "--verdicts", str(verdicts), "--out", str(tmp_path / "d.jsonl")]) == 0
     assert len((tmp_path / "d.jsonl").read_text().splitlines()) == 1    # a minimal trace (no prompt) exports
+
+
+@pytest.mark.slow
+def test_reference_too_slow_is_does_not_fit():
+    slow = BIG.replace("M = 16384\nK = 65536", "M = 4\nK = 4").replace(
+        "        return x * torch.sigmoid(x)", "        import time\n        time.sleep(600)\n        return x")
+    v = verify_code(slow, SILU, "slow", cfg=SandboxConfig(timeout_s=8))
+    assert v.failure == "does_not_fit" and "longer than 8 s" in v.detail and v.seconds < 60

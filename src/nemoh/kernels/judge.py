@@ -6,6 +6,7 @@ bookkeeping and the verdict happen here, where nothing the candidate runs can re
 from __future__ import annotations
 
 import ast
+import atexit
 import hashlib
 import io
 import json
@@ -28,7 +29,16 @@ from .shrink import shrink_problem
 from .taxonomy import DOES_NOT_FIT, INTEGRITY, NO_CODE, SYNTAX_IMPORT, TIMEOUT, Verdict
 from .trials import plan
 
-REF_ROOT = Path(tempfile.mkdtemp(prefix="nemoh-ref-"))   # candidates may not read under it (audit hook)
+_REF_ROOT: list[Path] = []
+
+
+def ref_root() -> Path:
+    """Where reference processes write (created on first use, removed at exit); candidates may not read under it."""
+    with _GUARD:
+        if not _REF_ROOT:
+            _REF_ROOT.append(Path(tempfile.mkdtemp(prefix="nemoh-ref-")))
+            atexit.register(shutil.rmtree, _REF_ROOT[0], True)
+        return _REF_ROOT[0]
 _CACHE: OrderedDict[str, "Reference"] = OrderedDict()
 _CACHE_SIZE = 4
 _LOCKS: dict[str, threading.Lock] = {}
@@ -44,19 +54,29 @@ class Reference:
     does_not_fit: str = ""
 
 
+def _nbytes(outputs: list) -> int:
+    """The largest trial output, in bytes."""
+    def size(o: Any) -> int:
+        if isinstance(o, (tuple, list)):
+            return sum(size(x) for x in o)
+        return o.numel() * o.element_size() if isinstance(o, torch.Tensor) else 0
+    return max((size(o) for o in outputs), default=0)
+
+
 def _load(data: bytes | Path) -> Any:
     src = io.BytesIO(data) if isinstance(data, bytes) else data
     return torch.load(src, weights_only=True)
 
 
 def _run_reference(code: str, cfg: SandboxConfig, device: str) -> Reference:
-    tmp = Path(tempfile.mkdtemp(dir=REF_ROOT))
+    tmp = Path(tempfile.mkdtemp(dir=ref_root()))
     try:
         spec = {"problem_code": code, "device": device, "seed": cfg.seed, "out_dir": str(tmp),
                 "trials": [t.to_dict() for t in plan(cfg.seed, cfg.trials, cfg.transforms)],
                 "warmup": cfg.warmup, "iters": cfg.iters}
         (tmp / "spec.json").write_text(json.dumps(spec))
-        fin = run_worker("ref_worker.py", tmp / "spec.json", tmp, cfg, device)
+        # the reference writes every trial's inputs and outputs: its files may be as large as its memory
+        fin = run_worker("ref_worker.py", tmp / "spec.json", tmp, cfg, device, file_bytes=int(cfg.mem_gb * 2**30))
         if fin.timed_out:
             return Reference(does_not_fit=f"the reference took longer than {cfg.timeout_s:g} s")
         if not (tmp / "meta.json").exists():
@@ -151,11 +171,12 @@ def _run_candidate(candidate_code: str, ref: Reference, cfg: SandboxConfig, devi
         (tmp / "inputs.pt").write_bytes(ref.inputs)
         spec = {"candidate_code": candidate_code, "device": device, "seed": cfg.seed, "inputs": str(tmp / "inputs.pt"),
                 "allowed_dirs": [str(out_dir)] + ([str(tmp / "triton")] if device == "cuda" else []),
-                "deny_read": [str(REF_ROOT)], "static_rules": cfg.static_rules,
+                "deny_read": [str(ref_root())], "static_rules": cfg.static_rules,
                 "warmup": cfg.warmup, "iters": cfg.iters}
         (tmp / "spec.json").write_text(json.dumps(spec))
         fin = run_worker("cand_worker.py", tmp / "spec.json", tmp, cfg, device,
-                         json.dumps({"nonce": nonce, "out_dir": str(out_dir)}).encode() + b"\n")
+                         json.dumps({"nonce": nonce, "out_dir": str(out_dir)}).encode() + b"\n",
+                         file_bytes=2 * _nbytes(ref.outputs) + (1 << 20))   # one trial's output per file
         if fin.timed_out:
             v.failure, v.detail = TIMEOUT, f"killed after {cfg.timeout_s:g} s wall clock"
             return

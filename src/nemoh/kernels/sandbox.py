@@ -80,11 +80,11 @@ def isolation() -> str:
     return "netns" if network_namespace_available() else "audit-hook only (no unprivileged netns here)"
 
 
-def _limits(cfg: SandboxConfig, device: str):
+def _limits(cfg: SandboxConfig, device: str, file_bytes: int):
     def apply() -> None:
         cpu = cfg.cpu_limit_s
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (cfg.file_mb << 20, cfg.file_mb << 20))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (cfg.open_files, cfg.open_files))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if device == "cpu":
@@ -115,13 +115,15 @@ class Finished:
 
 
 def run_worker(script: str, spec_path: Path, tmp: Path, cfg: SandboxConfig, device: str,
-               stdin: bytes = b"") -> Finished:
-    """Run HERE/script on spec_path inside the sandbox (cwd tmp); stdin is written to the child's stdin."""
+               stdin: bytes = b"", file_bytes: int = 0) -> Finished:
+    """Run HERE/script on spec_path inside the sandbox (cwd tmp); stdin is written to the child's stdin. The
+    per-file size limit is max(file_mb, file_bytes): the files a worker must write (outputs) set the floor."""
+    file_bytes = max(cfg.file_mb << 20, file_bytes)
     cmd = [sys.executable, "-I", str(HERE / script), str(spec_path)]
     if network_namespace_available():
         cmd = ["unshare", "-rn", *cmd]
     proc = subprocess.Popen(cmd, cwd=tmp, env=_env(tmp, device), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_limits(cfg, device))
+                            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_limits(cfg, device, file_bytes))
     try:
         _, err = proc.communicate(stdin, timeout=cfg.timeout_s)
     except subprocess.TimeoutExpired:
