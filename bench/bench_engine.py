@@ -84,6 +84,9 @@ def main() -> None:
                 t = time.perf_counter()
                 run_ours()
                 profiles.append((f"{kind}, batch {b}", llm.profile, time.perf_counter() - t))
+                split = llm.profile.split()
+                print(f"# profile {kind}, batch {b}, ms per step: "
+                      + ", ".join(f"{p} {split[p]:.2f}" for p in (*PHASES, "other")), flush=True)
         print(f"| decode tok/s, batch {b} | " + " | ".join(f"{r:,.1f}" for r in rates) + " | "
               + " | ".join(f"{r / rates[0]:.2f}x" for r in rates[1:]) + " |", flush=True)
     if profiles:
