@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -14,6 +14,9 @@ from ..data.prompts import PromptExample
 from ..engine import LLM, SamplingParams
 from .config import RLConfig
 from .rewards import RewardFn
+
+if TYPE_CHECKING:
+    from .backends.base import RolloutBackend
 
 
 @dataclass
@@ -69,22 +72,18 @@ def sample_groups(llm: LLM, prompts: list[PromptExample], cfg: RLConfig, reward:
     return groups, tokens
 
 
-def collect(llm: LLM | None, sampler: PromptSampler, cfg: RLConfig, reward: RewardFn, seed: int,
-            chat_kwargs: dict, generate: Callable[[list[PromptExample], int], tuple[list[list[Sample]], int]] | None = None,
+def collect(backend: RolloutBackend, sampler: PromptSampler, cfg: RLConfig, seed: int,
             ) -> tuple[list[list[Sample]], dict[str, float]]:
-    """rollout_batch_size groups; with dynamic sampling, only groups whose rewards differ (refilled by sampling more
-    prompts, up to max_sampling_rounds; if still short, zero-signal groups fill the rest). `generate(prompts,
-    seed)` replaces the one-engine sample_groups (the trainer spreads generation over ranks with it)."""
-    if generate is None:
-        def generate(prompts, s):
-            return sample_groups(llm, prompts, cfg, reward, s, chat_kwargs)
+    """rollout_batch_size groups from `backend.generate`; with dynamic sampling, only groups whose rewards differ
+    (refilled by sampling more prompts, up to max_sampling_rounds; if still short, zero-signal groups fill the
+    rest). Every rank calls it with the same sampler state (backends spread the work and gather the groups)."""
     need = cfg.rollout.rollout_batch_size
     t0 = time.perf_counter()
     kept: list[list[Sample]] = []
     dropped: list[list[Sample]] = []
     tokens, rounds, total = 0, 0, 0
     while len(kept) < need:
-        groups, n_tok = generate(sampler.take(need - len(kept) if rounds else need), seed * 1000 + rounds)
+        groups, n_tok = backend.generate(sampler.take(need - len(kept) if rounds else need), seed * 1000 + rounds)
         tokens, rounds, total = tokens + n_tok, rounds + 1, total + len(groups)
         for g in groups:
             flat = len({s.reward for s in g}) == 1
