@@ -6,6 +6,7 @@ import torch
 
 from nemoh import LLM, SamplingParams
 from nemoh.cli.main import main as cli
+from nemoh.rl.backends import BackendContext, build_backend
 from nemoh.rl.config import RLConfig
 from nemoh.rl.rollout import PromptSampler, collect
 from nemoh.rl.trainer import RLTrainer, response_logprobs
@@ -62,9 +63,9 @@ def test_r3_replay_closes_the_train_rollout_gap(tmp_path):
 def test_dynamic_sampling_refills_the_batch(tmp_path):
     trainer = RLTrainer(_cfg(tmp_path / "ds", "--algo.dynamic_sampling", "true", "--reward.function",
                              "rl_helpers:even_labels_always_agree"), show_progress=False)
-    llm = LLM(copy.deepcopy(trainer.model).eval(), tokenizer=trainer.tok, max_num_seqs=64)
-    groups, stats = collect(llm, PromptSampler(trainer.train_prompts, 0), trainer.cfg, trainer.reward, 0,
-                            trainer.chat_kwargs)
+    backend = build_backend("engine", BackendContext(trainer.cfg, trainer.reward, trainer.tok, trainer.chat_kwargs,
+                                                     trainer.model))
+    groups, stats = collect(backend, PromptSampler(trainer.train_prompts, 0), trainer.cfg, 0)
     assert len(groups) == 8 and all(len({s.reward for s in g}) > 1 for g in groups)
     assert stats["dropped_groups"] > 0 and stats["sampling_rounds"] > 1
 

@@ -23,12 +23,21 @@ def add_sft_args(p: argparse.ArgumentParser) -> None:
 
 def run_sft_cmd(args: argparse.Namespace) -> int:
     """Supervised fine-tuning (full or LoRA) from a TOML config plus --section.key overrides."""
-    from ..train.config import load_config
+    from ..config_loader import load_config
+    from ..train.config import SFTConfig
     from ..train.sft import run_sft
-    cfg = load_config(*_config_and_overrides(args))
+    cfg = load_config(SFTConfig, *_config_and_overrides(args))
     last = run_sft(cfg, show_progress=not args.quiet)
+    if last.get("already_finished"):
+        return _already_finished(cfg.checkpoint.dir, last["step"])
     console.print(f"done: loss {last['loss']:.4f}" + (f", eval loss {last['eval_loss']:.4f}" if "eval_loss" in last else "")
                   + f"; model in {cfg.checkpoint.dir}/final, metrics in {cfg.checkpoint.dir}/metrics.jsonl")
+    return 0
+
+
+def _already_finished(run_dir: str, step: int) -> int:
+    console.print(f"{run_dir}: already finished (checkpoint at step {step}, the last); nothing to resume. "
+                  f"Raise the step count to train further, or use a new checkpoint.dir.")
     return 0
 
 
@@ -72,12 +81,14 @@ def add_rl_args(p: argparse.ArgumentParser) -> None:
 
 def run_rl_cmd(args: argparse.Namespace) -> int:
     """GRPO-family RL (rollouts on the built-in engine, R3 for MoE) from a TOML config plus overrides."""
+    from ..config_loader import load_config
     from ..rl.config import RLConfig, translate_miles_flags
     from ..rl.trainer import RLTrainer
-    from ..train.config import load_config
     config, extra = _config_and_overrides(args)
-    cfg = load_config(config, translate_miles_flags(extra), cls=RLConfig)
+    cfg = load_config(RLConfig, config, translate_miles_flags(extra))
     out = RLTrainer(cfg, show_progress=not args.quiet).run()
+    if out.get("already_finished"):
+        return _already_finished(cfg.checkpoint.dir, out["step"])
     console.print(f"held-out accuracy: before RL {out['eval_accuracy_before']:.1%}, after RL "
                   f"{out['eval_accuracy_after']:.1%}; model in {cfg.checkpoint.dir}/final")
     return 0

@@ -114,24 +114,33 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int) -> Layout:
-    """In place: tensor parallel -> expert parallel -> activation checkpointing -> FSDP2 (experts over dp_shard,
-    everything else over dp_shard x ep, each block then the root). Gradients are summed, not averaged, across data
-    ranks: the loss is already a mean over the global batch's tokens."""
+def build_layout(cfg: ParallelConfig, world_size: int, model: NemotronHConfig | None = None) -> Layout:
+    """The device mesh (dp_replicate, dp_shard, ep, tp) for this job, checked against the world size and the model;
+    every rank calls it. Built before `parallelize` when something (the RL rollout engines) needs to know its data
+    rank while the model is still whole."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
-    from ..model.moe import Experts
-    from .expert_parallel import apply_ep
-    from .tensor_parallel import apply_tp
-    cfg = cfg.resolve(world_size, getattr(model, "config", None))
+    cfg = cfg.resolve(world_size, model)
     mesh = init_device_mesh(_device(), (cfg.dp_replicate, cfg.dp_shard, cfg.ep, cfg.tp),
                             mesh_dim_names=("dp_replicate", "dp_shard", "ep", "tp"))
     mesh["dp_replicate", "dp_shard", "ep"]._flatten("dp")       # every data rank
     mesh["dp_shard", "ep"]._flatten("dp_shard_ep")               # what FSDP shards non-expert parameters over
+    return Layout(cfg, mesh)
+
+
+def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int, layout: Layout | None = None) -> Layout:
+    """In place: tensor parallel -> expert parallel -> activation checkpointing -> FSDP2 (experts over dp_shard,
+    everything else over dp_shard x ep, each block then the root). Gradients are summed, not averaged, across data
+    ranks: the loss is already a mean over the global batch's tokens. `layout`: one `build_layout` made earlier."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    from ..model.moe import Experts
+    from .expert_parallel import apply_ep
+    from .tensor_parallel import apply_tp
+    if layout is None:
+        layout = build_layout(cfg, world_size, getattr(model, "config", None))
+    cfg, mesh = layout.cfg, layout.mesh
     hsdp = cfg.dp_replicate > 1                                   # then FSDP meshes are 2-D: (replicate, shard)
     dense_mesh = mesh["dp_replicate", "dp_shard_ep"] if hsdp else mesh["dp_shard_ep"]
     expert_mesh = mesh["dp_replicate", "dp_shard"] if hsdp else mesh["dp_shard"]
-    layout = Layout(cfg, mesh)
     if cfg.tp > 1:
         apply_tp(model, layout.group("tp"))
     if cfg.ep > 1:

@@ -30,7 +30,8 @@ class Rollout:
     rollout_max_response_len: int = 8
     rollout_max_prompt_len: int = 512   # the engine's context is prompt + response
     max_num_seqs: int = 64              # engine slots
-    engines: str = "rank0"              # under torchrun: rank0 (one engine, rollouts as in one process) |
+    backend: str = "engine"             # where rollouts run: a name in nemoh.rl.backends.ROLLOUT_BACKENDS
+    engines: str = "rank0"              # backend "engine" under torchrun: rank0 (one engine, rollouts as in one process) |
                                         # data_ranks (one engine per data rank, each generating its share)
 
 
@@ -93,6 +94,8 @@ class RLConfig:
 
     def __post_init__(self) -> None:
         from .algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS
+        from .backends import ROLLOUT_BACKENDS
+        from .backends.engine import PLACEMENTS
         r, t, a = self.rollout, self.train, self.algo
         if r.rollout_batch_size * r.n_samples_per_prompt != t.global_batch_size * t.num_steps_per_rollout:
             raise ValueError(
@@ -106,7 +109,8 @@ class RLConfig:
                                      ("algo.kl_loss_type", a.kl_loss_type, KL_ESTIMATORS),
                                      ("algo.loss_agg", a.loss_agg, AGGREGATIONS),
                                      ("algo.overlong", a.overlong, ("none", "mask", "penalty")),
-                                     ("rollout.engines", r.engines, ("rank0", "data_ranks"))):
+                                     ("rollout.backend", r.backend, ROLLOUT_BACKENDS),
+                                     ("rollout.engines", r.engines, PLACEMENTS)):
             if value not in allowed:
                 raise ValueError(f"{name}: unknown {value!r}; choose one of {sorted(allowed)}")
         if a.advantage_estimator in ("grpo", "gspo") and r.n_samples_per_prompt < 2:

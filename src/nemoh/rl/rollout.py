@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -15,6 +15,9 @@ from ..engine import LLM, SamplingParams
 from .config import RLConfig
 from .rewards import RewardFn, is_correct, reward_text
 from .stats import sampling_stats
+
+if TYPE_CHECKING:
+    from .backends.base import RolloutBackend
 
 
 @dataclass
@@ -72,15 +75,11 @@ def sample_groups(llm: LLM, prompts: list[PromptExample], cfg: RLConfig, reward:
     return groups, tokens
 
 
-def collect(llm: LLM | None, sampler: PromptSampler, cfg: RLConfig, reward: RewardFn, seed: int,
-            chat_kwargs: dict, generate: Callable[[list[PromptExample], int], tuple[list[list[Sample]], int]] | None = None,
+def collect(backend: RolloutBackend, sampler: PromptSampler, cfg: RLConfig, seed: int,
             ) -> tuple[list[list[Sample]], dict[str, float]]:
-    """rollout_batch_size groups; with dynamic sampling, only groups whose rewards differ (refilled by sampling more
-    prompts, up to max_sampling_rounds; if still short, zero-signal groups fill the rest). `generate(prompts,
-    seed)` replaces the one-engine sample_groups (the trainer spreads generation over ranks with it)."""
-    if generate is None:
-        def generate(prompts, s):
-            return sample_groups(llm, prompts, cfg, reward, s, chat_kwargs)
+    """rollout_batch_size groups from `backend.generate`; with dynamic sampling, only groups whose rewards differ
+    (refilled by sampling more prompts, up to max_sampling_rounds; if still short, zero-signal groups fill the
+    rest). Every rank calls it with the same sampler state (backends spread the work and gather the groups)."""
     need = cfg.rollout.rollout_batch_size
     t0 = time.perf_counter()
     kept: list[list[Sample]] = []
@@ -88,7 +87,7 @@ def collect(llm: LLM | None, sampler: PromptSampler, cfg: RLConfig, reward: Rewa
     sampled: list[list[float]] = []
     tokens, rounds = 0, 0
     while len(kept) < need:
-        groups, n_tok = generate(sampler.take(need - len(kept) if rounds else need), seed * 1000 + rounds)
+        groups, n_tok = backend.generate(sampler.take(need - len(kept) if rounds else need), seed * 1000 + rounds)
         tokens, rounds = tokens + n_tok, rounds + 1
         for g in groups:
             sampled.append([s.reward for s in g])

@@ -1,35 +1,28 @@
 """Supervised fine-tuning: a loop you can read top to bottom.
 
-build model (+ LoRA) -> load and pack data -> (resume) -> for each step: grad_accum micro-batches of packed rows,
-token-mean cross-entropy over the whole step, clip, AdamW, schedule -> log / eval / checkpoint -> export.
+build model (+ LoRA) -> load and pack data -> the shared loop (nemoh/train/loop.py: resume, steps, metrics,
+checkpoints, export), whose step here is: grad_accum micro-batches of packed rows, token-mean cross-entropy over
+the whole step, clip, AdamW, schedule.
 """
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from ..data import ErrorLog, collate, load_chat_examples, pack, read_rows
 from ..data.packing import PackedBatch, trained_tokens
-from ..lora import apply_lora, load_adapter, lora_parameters, merge_lora, save_adapter
+from ..lora import apply_lora, load_adapter, lora_parameters
 from ..model import NemotronHForCausalLM
 from ..model.flops import flops_per_token
 from ..model.model import DTYPES
 from ..tokenizer import Tokenizer
 from .config import SFTConfig
-from .metrics import MetricsLogger
-from .optim import build_optimizer, build_scheduler
-from .setup import build_model
-from ..parallel import init_distributed, parallelize
-from ..parallel.parallelize import SINGLE, Layout
-from ..parallel.state_dict import clip_grad_norm, full_state_dict
-from .state import checkpoints, load_state, save_state
-
+from .loop import LoopSchedule, TrainRun, build_training, optimizer_step, start_run, train
 
 
 @dataclass
@@ -97,96 +90,80 @@ def _timed(fn, device: torch.device) -> float:
     return time.perf_counter() - t
 
 
-def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
-    run_dir = Path(cfg.checkpoint.dir)
-    torch.manual_seed(cfg.train.seed)
-    random.seed(cfg.train.seed)
+class SFTJob:
+    """The SFT step plugged into the shared loop (`nemoh.train.loop`): `grad_accum` micro-batches of packed rows,
+    a token-mean cross-entropy over the whole step (all micro-batches, all data ranks), one optimizer step."""
 
-    rank, world = init_distributed()
-    model, path = build_model(cfg.model, run_dir, cfg.train.seed)
-    if cfg.lora.enabled and cfg.lora.init_from:
-        load_adapter(model, cfg.lora.init_from)
-        params = lora_parameters(model)
-    elif cfg.lora.enabled:
-        apply_lora(model, cfg.lora)
-        params = lora_parameters(model)
-    else:
-        params = [p for p in model.parameters() if p.requires_grad]
-    tok = Tokenizer.from_pretrained(path)
+    def __init__(self, cfg: SFTConfig, run: TrainRun):
+        self.cfg, self.run = cfg, run
+        self.exports_adapter = cfg.lora.enabled
+        tok = Tokenizer.from_pretrained(run.base_path)
+        self.errors = ErrorLog(cfg.data.on_error, cfg.data.max_skip_share, echo=run.rank == 0)
+        train_rows = load_packed(cfg.data.train, tok, cfg, self.errors)
+        self.eval_rows = load_packed(cfg.data.eval, tok, cfg, self.errors) if cfg.data.eval else []
+        self.loader = PackedLoader(train_rows, cfg.data.rows_per_step, cfg.data.seq_len, cfg.train.seed)
+        self.flops_tok = 3 * flops_per_token(run.model.config, cfg.data.seq_len)
+        self.peak = 0.0                      # measured at the first step, on the training device
 
-    # data
-    errors = ErrorLog(cfg.data.on_error, cfg.data.max_skip_share, echo=rank == 0)
-    train_rows = load_packed(cfg.data.train, tok, cfg, errors)
-    eval_rows = load_packed(cfg.data.eval, tok, cfg, errors) if cfg.data.eval else []
-    loader = PackedLoader(train_rows, cfg.data.rows_per_step, cfg.data.seq_len, cfg.train.seed)
-
-    layout: Layout = SINGLE
-    if world > 1:
-        if cfg.lora.enabled:
-            raise ValueError("lora.enabled: LoRA training is single-process for now (run without torchrun, or set lora.enabled = false)")
-        layout = parallelize(model, cfg.parallel, world)
-        params = [p for p in model.parameters() if p.requires_grad]
-    opt = build_optimizer(params, cfg.optim)
-    sched = build_scheduler(opt, cfg.train.steps, cfg.optim)
-    start = 0
-    if cfg.checkpoint.resume and checkpoints(run_dir):
-        state = load_state(checkpoints(run_dir)[-1], model, opt, sched)
-        start, loader.epoch, loader.index = state["step"], state["data"]["epoch"], state["data"]["index"]
-
-    flops_tok = 3 * flops_per_token(model.config, cfg.data.seq_len)
-    peak = measured_peak_flops(model.device, DTYPES[cfg.model.dtype])
-    log = MetricsLogger(run_dir, cfg.train.steps, start, show_progress and rank == 0, enabled=rank == 0)
-    if errors.skipped and start == 0:
-        log.log(0, {"skipped_rows": len(errors.skipped), "first_skipped": errors.skipped[0]})
-    last: dict[str, Any] = {}
-    end = min(cfg.train.steps, start + cfg.train.stop_after) if cfg.train.stop_after else cfg.train.steps
-    for step in range(start, end):
+    def step(self, step: int) -> dict[str, Any]:
+        run, cfg = self.run, self.cfg
+        if not self.peak:
+            self.peak = measured_peak_flops(run.model.device, DTYPES[cfg.model.dtype])
         t0 = time.perf_counter()
         # tp ranks of one data rank read the same rows
-        drawn = [loader.next(layout.data_rank, layout.data_world) for _ in range(cfg.train.grad_accum)]
+        drawn = [self.loader.next(run.layout.data_rank, run.layout.data_world) for _ in range(cfg.train.grad_accum)]
         batches = [b for b, _ in drawn]
         denom = max(1, sum(n for _, n in drawn))  # trained tokens of the whole step, all ranks: a global token mean
-        loss = 0.0
-        for b in batches:
-            micro = token_loss(model, b, denom)
-            micro.backward()                      # gradients are summed over data ranks (parallelize)
-            loss += float(micro.detach())
-        loss = layout.all_reduce_data(loss)
-        grad_norm = clip_grad_norm(model, cfg.optim.grad_clip)
-        lr = sched.get_last_lr()[0]
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        losses: list[float] = []
+
+        def micro_losses() -> Iterator[torch.Tensor]:
+            for b in batches:
+                micro = token_loss(run.model, b, denom)
+                losses.append(float(micro.detach()))
+                yield micro
+
+        opt = optimizer_step(run, micro_losses(), cfg.optim.grad_clip)
         dt = time.perf_counter() - t0
-        tokens = sum(b.input_ids.numel() for b in batches) * layout.data_world
-        last = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens_per_s": tokens / dt,
-                "mfu": flops_tok * tokens / dt / peak, "trained_tokens": denom}
-        if eval_rows and cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
-            last["eval_loss"] = evaluate(model, eval_rows, cfg)
-        if (step + 1) % cfg.train.log_every == 0 or "eval_loss" in last:
-            log.log(step + 1, last)
-        log.advance()
-        if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0:
-            save_state(run_dir, step + 1, model, opt, sched, loader.state(), cfg.checkpoint.keep)
-    log.close()
-    if end == cfg.train.steps:
-        if world > 1:
-            export_sharded(model, run_dir, path, rank)
+        tokens = sum(b.input_ids.numel() for b in batches) * run.layout.data_world
+        return {"loss": run.layout.all_reduce_data(sum(losses)), **opt, "tokens_per_s": tokens / dt,
+                "mfu": self.flops_tok * tokens / dt / self.peak, "trained_tokens": denom}
+
+    def evaluate(self) -> dict[str, Any]:
+        return {"eval_loss": evaluate(self.run.model, self.eval_rows, self.cfg)} if self.eval_rows else {}
+
+    def first_metrics(self, start: int) -> dict[str, Any]:
+        if self.errors.skipped and start == 0:
+            return {"skipped_rows": len(self.errors.skipped), "first_skipped": self.errors.skipped[0]}
+        return {}
+
+    def final_metrics(self, last: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def data_state(self) -> dict[str, int]:
+        return self.loader.state()
+
+    def restore(self, trainer_state: dict[str, Any]) -> None:
+        self.loader.epoch, self.loader.index = trainer_state["data"]["epoch"], trainer_state["data"]["index"]
+
+
+def run_sft(cfg: SFTConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Fine-tune `cfg.model` on `cfg.data`; returns the last step's metrics (`already_finished` when resuming a
+    run that had ended)."""
+    run = start_run(cfg.model, Path(cfg.checkpoint.dir), cfg.train.seed)
+    params = None
+    if cfg.lora.enabled:
+        if run.world > 1:
+            raise ValueError("lora.enabled: LoRA training is single-process for now (run without torchrun, or set "
+                             "lora.enabled = false)")
+        if cfg.lora.init_from:
+            load_adapter(run.model, cfg.lora.init_from)
         else:
-            export(model, run_dir, path, cfg)
-    return last
-
-
-def export_sharded(model: NemotronHForCausalLM, run_dir: Path, base: Path, rank: int) -> None:
-    """Gather the full weights (every rank takes part), rank 0 writes the Hub layout atomically."""
-    import torch.distributed as dist
-    state = full_state_dict(model)
-    if rank == 0:
-        with torch.device("meta"):
-            plain = NemotronHForCausalLM(model.config)
-        plain.load_state_dict(state, assign=True)
-        plain.save_pretrained(run_dir / "final", tokenizer_dir=base)
-    dist.barrier()
+            apply_lora(run.model, cfg.lora)
+        params = lora_parameters(run.model)
+    job = SFTJob(cfg, run)
+    build_training(run, cfg.parallel, cfg.optim, cfg.train.steps, params)
+    schedule = LoopSchedule(cfg.train.steps, cfg.train.eval_every, cfg.train.log_every, cfg.train.stop_after)
+    return train(run, job, schedule, cfg.checkpoint, show_progress)
 
 
 @torch.no_grad()
@@ -199,11 +176,3 @@ def evaluate(model: NemotronHForCausalLM, rows: list, cfg: SFTConfig) -> float:
         count += b.num_tokens
     model.train()
     return total / max(1, count)
-
-
-def export(model: NemotronHForCausalLM, run_dir: Path, base: Path, cfg: SFTConfig) -> None:
-    """final/ is a servable Hub-layout checkpoint; with LoRA, adapter/ holds the adapter alone."""
-    if cfg.lora.enabled:
-        save_adapter(model, run_dir / "adapter", base_model=str(base))
-        merge_lora(model)
-    model.save_pretrained(run_dir / "final", tokenizer_dir=base)

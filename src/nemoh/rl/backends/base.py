@@ -2,7 +2,7 @@
 
 A backend turns prompts into scored groups of samples and keeps its rollout weights equal to the trainer's.
 `nemoh.rl.rollout.collect` (dynamic sampling, refills) drives `generate`; the trainer calls `sync_weights` after
-every optimizer step. Backends: in-process engines (`engine`), SGLang's native `/generate` (`sglang`) and vLLM's
+every optimizer step, `evaluate` for the held-out accuracy. Backends: in-process engines (`engine`), SGLang's native `/generate` (`sglang`) and vLLM's
 `/v1/completions` (`vllm`) over HTTP.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from ...data.prompts import PromptExample
     from ...model import NemotronHForCausalLM
+    from ...parallel.parallelize import Layout
     from ...tokenizer import Tokenizer
     from ..config import RLConfig
     from ..rewards import RewardFn
@@ -27,8 +28,11 @@ class BackendContext:
     reward: RewardFn
     tokenizer: Tokenizer
     chat_kwargs: dict[str, Any] | None
-    model: NemotronHForCausalLM                 # the trainer's policy (in-process engines copy it)
-    extra: dict[str, Any] = field(default_factory=dict)   # placement-specific runtime objects (e.g. the layout)
+    model: NemotronHForCausalLM                 # the trainer's policy, not yet sharded (in-process engines copy it)
+    rank: int = 0                               # this process under torchrun
+    world: int = 1
+    layout: Layout | None = None                # the training mesh (data rank, tp) under torchrun, else None
+    extra: dict[str, Any] = field(default_factory=dict)   # backend-specific runtime objects
 
 
 class RolloutBackend(ABC):
@@ -45,6 +49,14 @@ class RolloutBackend(ABC):
     @abstractmethod
     def sync_weights(self, model: NemotronHForCausalLM, version: int) -> None:
         """Make the rollout weights equal `model`'s; `version` becomes `self.weight_version`."""
+
+    def evaluate(self, prompts: list[PromptExample], max_tokens: int) -> list[str] | None:
+        """One greedy response text per prompt for the held-out accuracy, on rank 0 (None on other ranks)."""
+        raise NotImplementedError(f"{type(self).__name__}: held-out evaluation is not implemented")
+
+    def reward_failures(self) -> int:
+        """Reward calls that failed so far, over all the backend's engines (every rank calls it)."""
+        return self.ctx.reward.failures
 
     def close(self) -> None:
         """Release servers, threads or engines the backend started."""
