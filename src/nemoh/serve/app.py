@@ -17,6 +17,7 @@ from ..engine import LLM, SamplingParams
 from .async_engine import AsyncEngine, DoneEvent, TokenEvent
 from .protocol import APIError, from_value_error, sampling_params
 from .reasoning import ChannelDecoder, ReasoningSplitter
+from .sglang_api import sglang_router
 from .tool_parser import parse_tool_calls
 
 
@@ -279,4 +280,5 @@ def build_app(llm: LLM, served_model_name: str) -> FastAPI:
 
     app.post("/v1/chat/completions")(server.chat)
     app.post("/v1/completions")(server.completions)
+    app.include_router(sglang_router(server))  # SGLang's native /generate, weight sync and control routes
     return app

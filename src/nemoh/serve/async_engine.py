@@ -10,6 +10,7 @@ import itertools
 import queue
 import threading
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from ..engine import LLM, RequestOutput, SamplingParams
@@ -55,6 +56,19 @@ class AsyncEngine:
     def abort(self, rid: str) -> None:
         self.inbox.put(("abort", rid, None, None))
 
+    def call(self, fn: Callable[[LLM], Any]) -> asyncio.Future:
+        """Run `fn(llm)` on the engine thread between two steps (weight reloads, scoring); await the result."""
+        fut = asyncio.get_running_loop().create_future()
+        self.inbox.put(("call", fut, fn, None))
+        return fut
+
+    def pause(self, abort: bool) -> None:
+        """Stop stepping (requests stay queued); with `abort`, finish every request in flight as "abort"."""
+        self.inbox.put(("pause", None, abort, None))
+
+    def resume(self) -> None:
+        self.inbox.put(("resume", None, None, None))
+
     def _emit(self, rid: str, event: Any) -> None:
         target = self.streams.get(rid)
         if target is not None:
@@ -63,8 +77,9 @@ class AsyncEngine:
 
     def _run(self) -> None:
         llm = self.llm
+        paused = False
         while True:
-            block = not llm.scheduler.has_work()
+            block = paused or not llm.scheduler.has_work()
             try:
                 while True:
                     kind, rid, ids, params = self.inbox.get(block=block)
@@ -78,9 +93,15 @@ class AsyncEngine:
                     elif kind == "abort" and rid in llm.requests:
                         llm.abort(rid)
                         self.streams.pop(rid, None)
+                    elif kind in ("pause", "resume"):
+                        paused = kind == "pause"
+                        if paused and ids:
+                            self._abort_all()
+                    elif kind == "call":
+                        self._call(rid, ids)
             except queue.Empty:
                 pass
-            if not llm.scheduler.has_work():
+            if paused or not llm.scheduler.has_work():
                 continue
             try:
                 events = llm.step()
@@ -98,3 +119,24 @@ class AsyncEngine:
                     self._emit(rid, DoneEvent(llm.output(rid)))
                     llm.requests.pop(rid, None)
                     self.streams.pop(rid, None)
+
+    def _call(self, fut: asyncio.Future, fn: Callable[[LLM], Any]) -> None:
+        loop = fut.get_loop()
+        try:
+            result = fn(self.llm)
+        except Exception as e:  # the caller gets the error, the engine thread goes on
+            loop.call_soon_threadsafe(fut.set_exception, e)
+        else:
+            loop.call_soon_threadsafe(fut.set_result, result)
+
+    def _abort_all(self) -> None:
+        """Every request in flight ends now; its partial output comes back with finish_reason "abort"."""
+        llm = self.llm
+        for rid in list(llm.requests):
+            text, group = llm.requests[rid]
+            llm.abort(rid)
+            outs = [llm.completion(s) for s in group]
+            for c in outs:
+                c.finish_reason = c.finish_reason or "abort"
+            self._emit(rid, DoneEvent(RequestOutput(rid, text, group[0].prompt_token_ids, outs)))
+            self.streams.pop(rid, None)
