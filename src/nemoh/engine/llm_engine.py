@@ -18,6 +18,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
+from ..checkpoint.io import load_state_dict_into
 from ..model import NemotronHForCausalLM
 from ..tokenizer import Tokenizer
 from .detokenizer import IncrementalDetokenizer, find_stop, special_skip_ids
@@ -75,21 +76,7 @@ class LLM:
     # ---- requests ----------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: Prompt, chat_template_kwargs: dict[str, Any] | None = None,
                       tools: list[dict] | None = None) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt) and prompt:
-            return None, list(prompt)
-        if self.tokenizer is None:
-            raise ValueError("prompt: this engine has no tokenizer; pass token ids")
-        if isinstance(prompt, str):
-            text = prompt
-        elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
-            text = self.tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True,
-                                                      **(chat_template_kwargs or {}))
-        else:
-            raise ValueError("prompt: expected a string, a non-empty list of token ids, or a list of chat messages")
-        ids = self.tokenizer.encode(text)
-        if not ids:
-            raise ValueError("prompt: empty after tokenisation")
-        return text, ids
+        return encode_prompt(self.tokenizer, prompt, chat_template_kwargs, tools)
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None,
                     chat_template_kwargs: dict[str, Any] | None = None, tools: list[dict] | None = None) -> str:
@@ -363,6 +350,10 @@ class LLM:
         return outs
 
     # ---- weights -------------------------------------------------------------------------------------------
+    def reload_weights(self, path: str | Path) -> None:
+        """Load a Hub-layout checkpoint of the same architecture into the engine's model (server weight sync)."""
+        load_state_dict_into(self.model, path)
+
     @torch.no_grad()
     def update_weights(self, source: NemotronHForCausalLM | dict[str, Tensor]) -> None:
         """Copy new weights into the engine's model in place (RL calls this after every optimizer step)."""
@@ -381,6 +372,26 @@ class LLM:
 
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def encode_prompt(tokenizer: Tokenizer | None, prompt: Prompt, chat_template_kwargs: dict[str, Any] | None = None,
+                  tools: list[dict] | None = None) -> tuple[str | None, list[int]]:
+    """A prompt (text, token ids or chat messages) -> (rendered text or None, token ids), as the engine sees it."""
+    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt) and prompt:
+        return None, list(prompt)
+    if tokenizer is None:
+        raise ValueError("prompt: this engine has no tokenizer; pass token ids")
+    if isinstance(prompt, str):
+        text = prompt
+    elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
+        text = tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True,
+                                             **(chat_template_kwargs or {}))
+    else:
+        raise ValueError("prompt: expected a string, a non-empty list of token ids, or a list of chat messages")
+    ids = tokenizer.encode(text)
+    if not ids:
+        raise ValueError("prompt: empty after tokenisation")
+    return text, ids
 
 
 def _progress(enabled: bool, total: int):

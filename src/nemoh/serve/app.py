@@ -30,6 +30,7 @@ from .body import BodyLimit, parse_json
 from .errors import APIError, from_value_error, install_error_handlers, strict_dumps
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .reasoning import ChannelDecoder, ReasoningSplitter
+from .sglang_api import sglang_router
 from .tool_parser import parse_tool_calls
 
 M = TypeVar("M", ChatCompletionRequest, CompletionRequest)
@@ -368,4 +369,5 @@ def build_app(llm: LLM, served_model_name: str, limits: ServeLimits | None = Non
 
     app.post("/v1/chat/completions")(server.chat)
     app.post("/v1/completions")(server.completions)
+    app.include_router(sglang_router(server))  # SGLang's native /generate, weight sync and control routes
     return app

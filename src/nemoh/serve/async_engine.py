@@ -11,6 +11,7 @@ import itertools
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -52,6 +53,7 @@ class AsyncEngine:
         self.inbox: queue.Queue = queue.Queue()
         self.streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.stats = EngineStats()
+        self.paused = False                     # /pause_generation: queued requests wait until /continue_generation
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run, name="nemoh-engine", daemon=True)
         self._thread.start()
@@ -72,6 +74,19 @@ class AsyncEngine:
         sched = self.llm.scheduler
         return {**asdict(self.stats), "num_requests_running": len(self.llm.requests), "num_sequences_running": len(sched.running),
                 "num_requests_waiting": len(sched.waiting), "num_free_slots": len(sched.free_slots)}
+
+    def call(self, fn: Callable[[LLM], Any]) -> asyncio.Future:
+        """Run `fn(llm)` on the engine thread between two steps (weight reloads, scoring); await the result."""
+        fut = asyncio.get_running_loop().create_future()
+        self.inbox.put(("call", fut, fn, None))
+        return fut
+
+    def pause(self, abort: bool) -> None:
+        """Stop stepping (requests stay queued); with `abort`, finish every request in flight as "abort"."""
+        self.inbox.put(("pause", None, abort, None))
+
+    def resume(self) -> None:
+        self.inbox.put(("resume", None, None, None))
 
     # ---- the engine thread --------------------------------------------------------------------------------------
     def _emit(self, rid: str, event: Any) -> None:
@@ -103,14 +118,20 @@ class AsyncEngine:
                         llm.abort_request(rid)
                         self.stats.requests_aborted_total += 1
                     self.streams.pop(rid, None)
+                elif kind in ("pause", "resume"):
+                    self.paused = kind == "pause"
+                    if self.paused and ids:
+                        self._abort_all()
+                elif kind == "call":
+                    self._call(rid, ids)
         except queue.Empty:
             pass
 
     def _run(self) -> None:
         llm = self.llm
         while True:
-            self._drain_inbox(block=not llm.scheduler.has_work())
-            if not llm.scheduler.has_work():
+            self._drain_inbox(block=self.paused or not llm.scheduler.has_work())
+            if self.paused or not llm.scheduler.has_work():
                 continue
             try:
                 events = llm.step()
@@ -135,3 +156,23 @@ class AsyncEngine:
             for rid in touched:
                 if rid in llm.requests and llm.output(rid).finished:
                     self._finish(rid, DoneEvent(llm.output(rid)))
+
+    def _call(self, fut: asyncio.Future, fn: Callable[[LLM], Any]) -> None:
+        loop = fut.get_loop()
+        try:
+            result = fn(self.llm)
+        except Exception as e:  # the caller gets the error, the engine thread goes on
+            loop.call_soon_threadsafe(fut.set_exception, e)
+        else:
+            loop.call_soon_threadsafe(fut.set_result, result)
+
+    def _abort_all(self) -> None:
+        """Every request in flight ends now; its partial output comes back with finish_reason "abort"."""
+        llm = self.llm
+        for rid in list(llm.requests):
+            text, group = llm.requests[rid]
+            llm.abort(rid)
+            outs = [llm.completion(s) for s in group]
+            for c in outs:
+                c.finish_reason = c.finish_reason or "abort"
+            self._finish(rid, DoneEvent(RequestOutput(rid, text, group[0].prompt_token_ids, outs)))
