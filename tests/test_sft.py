@@ -100,3 +100,16 @@ def test_activation_checkpointing_is_exact_and_bf16_trains(tmp_path):
             show_progress=False)
     losses = [r["loss"] for r in read_metrics(tmp_path / "bf16") if "loss" in r]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+def test_resuming_a_finished_run_is_a_no_op_that_says_so(tmp_path, capsys):
+    run = tmp_path / "done"
+    args = ["sft", "--checkpoint.dir", str(run), "--train.steps", "2", "--checkpoint.every", "2", "--quiet",
+            "--train.eval_every", "0", "--data.rows_per_step", "1"]
+    assert cli(args) == 0
+    final = (run / "final" / "model.safetensors").read_bytes()
+    rows = len(read_metrics(run))
+    capsys.readouterr()
+    assert cli(args + ["--checkpoint.resume", "true"]) == 0      # was KeyError 'loss'
+    assert "already finished (checkpoint at step 2" in capsys.readouterr().out
+    assert (run / "final" / "model.safetensors").read_bytes() == final and len(read_metrics(run)) == rows
