@@ -31,8 +31,10 @@ def command_lines() -> list[str]:
     continuation lines joined, comments and background `&` removed, optional groups reduced to one choice."""
     out = []
     for block in _blocks("bash"):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = re.sub(r"\s#.*$", "", line).strip().rstrip("&").strip()
+        commands = [c for full in block.replace("\\\n", " ").splitlines()
+                    for c in re.split(r"\s(?:&&|;)\s", re.sub(r"\s#.*$", "", full))]
+        for line in commands:
+            line = line.strip().rstrip("&").strip()
             if "nemoh.cli.main" in line:
                 line = "nemoh " + line.split("nemoh.cli.main", 1)[1]
             if not line.startswith("nemoh "):
