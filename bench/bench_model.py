@@ -56,7 +56,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--iters", type=int, default=3)
     args = ap.parse_args()
-    from transformers import NemotronHConfig as RefConfig, NemotronHForCausalLM as RefModel
+    from transformers import NemotronHConfig as RefConfig
+    from transformers import NemotronHForCausalLM as RefModel
 
     raw = json.loads(Path(args.config).read_text())
     cfg = NemotronHConfig.from_dict(raw)

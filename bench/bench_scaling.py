@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--global-rows", type=int, default=4)
     ap.add_argument("--seq", type=int, default=512)
     args = ap.parse_args()
-    print(f"| processes | tp | ep | tokens/s | vs 1 process |\n|---|---|---|---|---|")
+    print("| processes | tp | ep | tokens/s | vs 1 process |\n|---|---|---|---|---|")
     base = None
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.layouts:

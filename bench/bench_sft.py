@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from nemoh import NemotronHForCausalLM
-from nemoh.model.tiny import init_tiny
 from nemoh.data import ErrorLog, collate, load_chat_examples, pack, read_rows
 from nemoh.model.config import NemotronHConfig
 from nemoh.model.flops import flops_per_token
+from nemoh.model.tiny import init_tiny
 from nemoh.tokenizer import Tokenizer
 from nemoh.train.config import ASSETS
 
@@ -36,7 +36,8 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--steps", type=int, default=4)
     args = ap.parse_args()
-    from transformers import NemotronHConfig as RefConfig, NemotronHForCausalLM as RefModel
+    from transformers import NemotronHConfig as RefConfig
+    from transformers import NemotronHForCausalLM as RefModel
     raw = json.loads(Path(args.config).read_text())
     cfg = NemotronHConfig.from_dict(raw)
     with tempfile.TemporaryDirectory() as tmp:

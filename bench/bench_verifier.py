@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 NEWER = {"ctypes_overwrite", "disables_aten_recorder", "fakes_launch_counter", "frame_walk_reference",
          "hardcoded_slope", "numpy_host_compute", "patches_comparison", "relu_copy", "scalar_smuggle",
          "softmax_constant", "triton_build_helper"}

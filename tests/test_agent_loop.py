@@ -9,11 +9,11 @@ import urllib.request
 
 import openai
 import pytest
+from net import free_port
+from templates import NANO_LIKE
 
 from nemoh.cli.model_cmds import init_tiny
 from nemoh.tokenizer import Tokenizer, normalize_messages
-from net import free_port
-from templates import NANO_LIKE
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                            "parameters": {"type": "object", "properties": {

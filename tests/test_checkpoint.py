@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import save_reference
 from safetensors.torch import load_file, save_file
 
 from nemoh import NemotronHForCausalLM
 from nemoh.checkpoint import io as ckpt_io
-from reference import save_reference
 
 
 def _quantise_fp8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,10 +242,10 @@ def test_a_device_this_machine_lacks_is_named(tmp_path):
 def test_checkpoint_rotation_is_atomic_and_killed_runs_are_cleaned_at_start(tmp_path, monkeypatch):
     """A kill while an old checkpoint is deleted leaves it renamed away, never a half-deleted step_N; the next run's
     start removes that, a killed save's temp dir, and a killed export's `.final.tmp-*` (its writer is gone)."""
-    import os
     import shutil
     import subprocess
     import sys
+
     from nemoh.model.presets import tiny
     from nemoh.train import state
     model = NemotronHForCausalLM.from_config(tiny(), seed=0)

@@ -26,7 +26,8 @@ def test_demo_runs_end_to_end(tmp_path):
 def test_init_tiny_checkpoint_loads_in_transformers(tmp_path):
     r = nemoh("init-tiny", str(tmp_path / "tiny"))
     assert r.returncode == 0, r.stderr
-    from transformers import AutoTokenizer, NemotronHForCausalLM as Ref
+    from transformers import AutoTokenizer
+    from transformers import NemotronHForCausalLM as Ref
     ref = Ref.from_pretrained(tmp_path / "tiny", dtype=torch.float32).eval()
     ours = NemotronHForCausalLM.from_pretrained(tmp_path / "tiny", dtype=torch.float32, mamba_dt_clamp=True)
     tok = AutoTokenizer.from_pretrained(tmp_path / "tiny")

@@ -6,9 +6,18 @@ import torch
 import torch.nn.functional as F
 
 from nemoh import NemotronHForCausalLM
+from nemoh.data import (
+    DataError,
+    ErrorLog,
+    collate,
+    load_chat_examples,
+    load_prompt_examples,
+    pack,
+    read_rows,
+    tokenize_chat,
+    write_jsonl_atomic,
+)
 from nemoh.model.tiny import init_tiny
-from nemoh.data import (DataError, ErrorLog, collate, load_chat_examples, load_prompt_examples, pack, read_rows,
-                        tokenize_chat, write_jsonl_atomic)
 from nemoh.tokenizer import Tokenizer
 
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object",

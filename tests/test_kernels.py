@@ -2,7 +2,6 @@
 failure class (real sandboxed subprocesses, the Triton interpreter on CPU); the pipeline runs end to end against
 a live `nemoh serve`; the dataset feeds SFT; the reward scores; the report's estimators are right."""
 import json
-import re
 import socket
 import subprocess
 import sys
@@ -15,11 +14,19 @@ import pytest
 from net import free_port
 
 from nemoh.cli.main import main as cli
-from nemoh.kernels import (GenerateConfig, SandboxConfig, generate, kernelbench_reward, load_problems, pass_at_k,
-                           read_verdicts, summarize, verify_traces)
+from nemoh.kernels import (
+    GenerateConfig,
+    SandboxConfig,
+    generate,
+    kernelbench_reward,
+    load_problems,
+    pass_at_k,
+    read_verdicts,
+    summarize,
+    verify_traces,
+)
 from nemoh.kernels.problems import DATA
 from nemoh.kernels.prompts import extract_code, split_reasoning
-
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +44,7 @@ def judged(tmp_path_factory):
             while True:
                 try:
                     got.append(listener.accept())
-                except socket.timeout:
+                except TimeoutError:
                     if stop.is_set():
                         return
         except OSError:
@@ -144,8 +151,8 @@ def test_report_funnel_and_export(judged, tmp_path):
     assert (tmp_path / "fast.jsonl").read_text() == ""
     # the SFT trainer reads it as it is
     from nemoh.data import ErrorLog, load_chat_examples, read_rows
-    from nemoh.tokenizer import Tokenizer
     from nemoh.model.tiny import init_tiny
+    from nemoh.tokenizer import Tokenizer
     init_tiny(tmp_path / "tiny", "tiny")
     tok = Tokenizer.from_pretrained(tmp_path / "tiny")
     errors = ErrorLog("raise")

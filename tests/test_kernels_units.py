@@ -133,6 +133,7 @@ def test_provenance_tracks_what_kernels_wrote():
 
 def _load_worker():
     import importlib.util
+
     from nemoh.kernels.sandbox import HERE
     spec = importlib.util.spec_from_file_location("cand_worker_under_test", HERE / "cand_worker.py")
     mod = importlib.util.module_from_spec(spec)
@@ -209,8 +210,8 @@ def test_export_minimal_traces_and_says_why_rows_are_left_out():
 
 def test_sandbox_modules_import_nothing_from_nemoh():
     """`python -I` would import an installed nemoh (another copy): the worker scripts load their siblings by path."""
-    from nemoh.kernels.sandbox import HERE
     import nemoh.kernels
+    from nemoh.kernels.sandbox import HERE
     assert HERE == __import__("pathlib").Path(nemoh.kernels.__file__).resolve().parent
     for name in ("cand_worker", "ref_worker", "rules", "provenance"):
         tree = ast.parse((HERE / f"{name}.py").read_text())

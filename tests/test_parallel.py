@@ -171,6 +171,7 @@ def test_resume_reshards_between_tp_ep_and_one_process(single, tmp_path):
 
 def test_shard_spec_splits_each_segment_of_a_fused_projection():
     import torch
+
     from nemoh.parallel.specs import ShardSpec
     spec = ShardSpec("tp", 0, (4, 2))                       # e.g. [z | dt]
     full = torch.arange(6)

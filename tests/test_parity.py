@@ -1,9 +1,9 @@
 """nemoh vs transformers' NemotronHForCausalLM on random tiny configs: logits within 1e-4 (float32), both ways."""
 import pytest
 import torch
+from reference import save_reference
 
 from nemoh import NemotronHForCausalLM
-from reference import save_reference
 
 CASES = {
     # name: (pattern, overrides)

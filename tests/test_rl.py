@@ -8,9 +8,8 @@ from nemoh import LLM, SamplingParams
 from nemoh.cli.main import main as cli
 from nemoh.rl.backends import BackendContext, build_backend
 from nemoh.rl.config import RLConfig
-from nemoh.rl.rollout import PromptSampler, collect
+from nemoh.rl.rollout import PromptSampler, Sample, collect
 from nemoh.rl.trainer import RLTrainer, response_logprobs
-from nemoh.rl.rollout import Sample
 from nemoh.train.config import load_config
 from nemoh.train.metrics import read_metrics
 

@@ -4,8 +4,15 @@ import math
 import pytest
 import torch
 
-from nemoh.rl.algorithms import (ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, policy_loss, ratio_sequence, ratio_token,
-                                 tis_weights)
+from nemoh.rl.algorithms import (
+    ADVANTAGES,
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    policy_loss,
+    ratio_sequence,
+    ratio_token,
+    tis_weights,
+)
 from nemoh.rl.config import RLConfig, translate_miles_flags
 from nemoh.rl.rewards import RewardFn, dapo_reward, exact_match, math_reward
 from nemoh.train.config import load_config

@@ -12,9 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 from net import free_port
-
 from scripted import SCRIPTS, WEATHER_TOOL, build_scripted
-
 
 
 @pytest.fixture(scope="module")

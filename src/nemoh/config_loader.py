@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomllib
 
 T = TypeVar("T")
 

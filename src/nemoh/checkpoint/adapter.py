@@ -6,7 +6,7 @@ nemoh's module names already are the Hub's, so only the routed experts differ: n
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 from torch import Tensor, nn
 

@@ -11,7 +11,7 @@ model computes in its load dtype.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

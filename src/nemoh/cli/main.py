@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from . import kernel_cmds, model_cmds, serve_cmds, train_cmds
 

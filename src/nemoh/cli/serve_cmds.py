@@ -56,6 +56,7 @@ def run_serve(args: argparse.Namespace) -> int:
         console.print(f"running: {line}")
         os.execvpe(cmd[0], cmd, {**os.environ, **env})
     import uvicorn
+
     from ..serve import ServeLimits, build_app
     app = build_app(_llm(args), name, ServeLimits(max_body_bytes=args.max_body_bytes))
     console.print(f"serving [bold]{name}[/] on http://{args.host}:{args.port}/v1")

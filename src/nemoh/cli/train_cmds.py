@@ -64,6 +64,7 @@ def add_merge_args(p: argparse.ArgumentParser) -> None:
 def run_merge(args: argparse.Namespace) -> int:
     """Merge a LoRA adapter (experts included) into a full Hub-layout checkpoint."""
     import torch
+
     from ..lora import load_adapter, merge_lora
     from ..model import NemotronHForCausalLM
     model = NemotronHForCausalLM.from_pretrained(args.base, dtype=torch.float32)
@@ -114,8 +115,9 @@ def run_plan(args: argparse.Namespace) -> int:
     from ..parallel import ParallelConfig, plan_memory
     tp, ep = args.tp, args.ep
     if args.model.endswith(".toml"):
-        import tomllib
         from pathlib import Path
+
+        import tomllib
         with open(args.model, "rb") as f:
             raw = tomllib.load(f)
         model, par = raw.get("model", {}), raw.get("parallel", {})

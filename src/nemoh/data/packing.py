@@ -22,7 +22,7 @@ class PackedBatch:
     def shape(self) -> tuple[int, int]:
         return tuple(self.input_ids.shape)  # type: ignore[return-value]
 
-    def to(self, device: torch.device | str) -> "PackedBatch":
+    def to(self, device: torch.device | str) -> PackedBatch:
         return PackedBatch(self.input_ids.to(device), self.labels.to(device), self.seq_idx.to(device), self.num_tokens)
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 ON_ERROR = ("raise", "warn", "skip")
 MAX_PRINTED = 20            # per file; the rest are counted in the summary

@@ -2,10 +2,10 @@
 export (an SFT dataset); the verifier is also an RL reward (`kernelbench`)."""
 from .export import build_dataset, export
 from .generate import GenerateConfig, generate
-from .problems import Problem, builtin_solution, load_problems
-from .reward import kernelbench_reward, score
-from .report import pass_at_k, summarize
 from .judge import verify_code
+from .problems import Problem, builtin_solution, load_problems
+from .report import pass_at_k, summarize
+from .reward import kernelbench_reward, score
 from .sandbox import SandboxConfig
 from .shrink import shrink_problem
 from .taxonomy import FAILURE_CLASSES, Verdict

@@ -39,7 +39,7 @@ def ref_root() -> Path:
             _REF_ROOT.append(Path(tempfile.mkdtemp(prefix="nemoh-ref-")))
             atexit.register(shutil.rmtree, _REF_ROOT[0], True)
         return _REF_ROOT[0]
-_CACHE: OrderedDict[str, "Reference"] = OrderedDict()
+_CACHE: OrderedDict[str, Reference] = OrderedDict()
 _CACHE_SIZE = 4
 _LOCKS: dict[str, threading.Lock] = {}
 _GUARD = threading.Lock()

@@ -95,6 +95,7 @@ def print_report(summary: dict[str, Any]) -> None:
 def plot_report(summary: dict[str, Any], path: str | Path) -> Path:
     """Two panels: the funnel and the failure classes. Written atomically."""
     import os
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -9,9 +9,9 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .judge import verify_code
 from .problems import load_problems
 from .prompts import extract_code, split_reasoning
-from .judge import verify_code
 from .sandbox import SandboxConfig
 from .taxonomy import DOES_NOT_FIT, INTEGRITY, NUMERIC, RUNTIME, SHAPE, Verdict
 

@@ -50,5 +50,5 @@ class Verdict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Verdict":
+    def from_dict(cls, d: dict[str, Any]) -> Verdict:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})

@@ -203,7 +203,7 @@ class NemotronHConfig:
 
     # ---- (de)serialisation ------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "NemotronHConfig":
+    def from_dict(cls, raw: dict[str, Any]) -> NemotronHConfig:
         d = dict(raw)
         mt = d.pop("model_type", "nemotron_h")
         if mt != "nemotron_h":
@@ -260,7 +260,7 @@ class NemotronHConfig:
         return out
 
     @classmethod
-    def from_json_file(cls, path: str | Path) -> "NemotronHConfig":
+    def from_json_file(cls, path: str | Path) -> NemotronHConfig:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: no such config file (a checkpoint directory needs a config.json)")
@@ -274,11 +274,11 @@ class NemotronHConfig:
             raise ValueError(f"{path}: {e}") from e
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "NemotronHConfig":
+    def from_pretrained(cls, path: str | Path) -> NemotronHConfig:
         path = Path(path)
         return cls.from_json_file(path / "config.json" if path.is_dir() else path)
 
-    def replace(self, **changes: Any) -> "NemotronHConfig":
+    def replace(self, **changes: Any) -> NemotronHConfig:
         return dataclasses.replace(self, **changes)
 
 

@@ -180,7 +180,7 @@ class NemotronHForCausalLM(nn.Module):
         return self.lm_head(u).float()
 
     # ---- helpers ----------------------------------------------------------------------------------------
-    def to_dtype(self, dtype: torch.dtype) -> "NemotronHForCausalLM":
+    def to_dtype(self, dtype: torch.dtype) -> NemotronHForCausalLM:
         """Cast to `dtype`, keeping the SSM dynamics and the router in fp32."""
         for name, p in self.named_parameters():
             keep = name.endswith(FP32_PARAM_SUFFIXES)
@@ -200,7 +200,7 @@ class NemotronHForCausalLM(nn.Module):
     # ---- Hub checkpoints --------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: NemotronHConfig, dtype: torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu", seed: int | None = None) -> "NemotronHForCausalLM":
+                    device: str | torch.device = "cpu", seed: int | None = None) -> NemotronHForCausalLM:
         """A randomly initialised model (for tests, the tiny demo, or training from scratch)."""
         from .init import init_weights
         if seed is not None:
@@ -212,7 +212,7 @@ class NemotronHForCausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16,
-                        device: str | torch.device = "cpu", **config_overrides: Any) -> "NemotronHForCausalLM":
+                        device: str | torch.device = "cpu", **config_overrides: Any) -> NemotronHForCausalLM:
         """Load a Hub-layout directory (config.json + safetensors, sharded or not, bf16 or ModelOpt FP8)."""
         from ..checkpoint import load_pretrained
         return load_pretrained(cls, path, dtype=dtype, device=device, **config_overrides)

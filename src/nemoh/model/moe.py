@@ -6,7 +6,7 @@ and expert parallelism want; the Hub's per-expert tensors are mapped in checkpoi
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -2,7 +2,7 @@
 them field by field against the published values) and tiny debug models."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .config import NemotronHConfig, parse_pattern
 

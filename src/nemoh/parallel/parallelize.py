@@ -25,7 +25,7 @@ class ParallelConfig:
     activation_checkpointing: bool = False
     dp_replicate: int = 1              # > 1: HSDP, FSDP inside groups of dp_shard x ep ranks (a node), replicas across
 
-    def resolve(self, world_size: int, model: NemotronHConfig | None = None) -> "ParallelConfig":
+    def resolve(self, world_size: int, model: NemotronHConfig | None = None) -> ParallelConfig:
         """Fill dp_shard and check the layout against the world size and the model's shapes."""
         if self.tp < 1 or self.ep < 1 or self.dp_replicate < 1:
             raise ValueError(f"parallel: tp={self.tp}, ep={self.ep} and dp_replicate={self.dp_replicate} must be >= 1")
@@ -132,6 +132,7 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int, layout: 
     everything else over dp_shard x ep, each block then the root). Gradients are summed, not averaged, across data
     ranks: the loss is already a mean over the global batch's tokens. `layout`: one `build_layout` made earlier."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
     from ..model.moe import Experts
     from .expert_parallel import apply_ep
     from .tensor_parallel import apply_tp

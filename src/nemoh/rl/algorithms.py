@@ -6,7 +6,7 @@ Legend: B sequences, T response tokens (padded), mask (B,T) 1 on real response t
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

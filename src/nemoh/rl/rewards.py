@@ -8,7 +8,8 @@ import importlib
 import inspect
 import logging
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("nemoh.rewards")
 

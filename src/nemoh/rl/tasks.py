@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 import string
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..data.prompts import PromptExample
 

@@ -11,7 +11,6 @@ Legend: T positions with routing, L model layers, m MoE layers, k experts per to
 from __future__ import annotations
 
 import base64
-import json
 import time
 from typing import Any, Literal
 
@@ -24,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..engine import CompletionOutput, SamplingParams
 from ..engine.scoring import sequence_logprobs
 from .async_engine import DoneEvent
-from .protocol import APIError
+from .body import parse_json
+from .errors import APIError, from_validation_errors
 
 
 class SGLangSamplingParams(BaseModel):
@@ -83,19 +83,13 @@ def _parse(model: type[BaseModel], body: Any) -> Any:
     try:
         return model.model_validate(body if body is not None else {})
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "body"
-        raise APIError(400, f"{where}: {err['msg']}", where) from e
+        raise from_validation_errors(e.errors()) from e
 
 
 async def _json(request: Request) -> Any:
+    """The body through the server's strict JSON reader (no NaN/Infinity, depth and surrogate limits)."""
     raw = await request.body()
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError as e:
-        raise APIError(400, f"request body is not valid JSON: {e}") from e
+    return parse_json(raw, request.app.state.server.limits.max_json_depth) if raw else None
 
 
 def finish_reason(c: CompletionOutput) -> dict[str, Any]:

@@ -34,7 +34,7 @@ class Tokenizer:
         self.think_end_id = self.token_to_id(THINK_END)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "Tokenizer":
+    def from_pretrained(cls, path: str | Path) -> Tokenizer:
         path = Path(path)
         tj = path / "tokenizer.json"
         if not tj.exists():

@@ -11,9 +11,10 @@ A job (`nemoh.train.sft.SFTJob`, `nemoh.rl.trainer.RLTrainer`) supplies only wha
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 import torch
 

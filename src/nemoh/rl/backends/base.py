@@ -8,8 +8,9 @@ every optimizer step, `evaluate` for the held-out accuracy. Backends: in-process
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ...data.prompts import PromptExample
