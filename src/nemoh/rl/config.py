@@ -33,6 +33,9 @@ class Rollout:
     backend: str = "engine"             # where rollouts run: a name in nemoh.rl.backends.ROLLOUT_BACKENDS
     engines: str = "rank0"              # backend "engine" under torchrun: rank0 (one engine, rollouts as in one process) |
                                         # data_ranks (one engine per data rank, each generating its share)
+    urls: list[str] = field(default_factory=list)   # backend "sglang": running servers (SGLang or `nemoh serve`)
+    concurrency: int = 16               # backend "sglang": requests in flight per server
+    weight_sync_dir: str = ""           # backend "sglang": where weights go for the servers (default RUN_DIR/weights)
 
 
 @dataclass

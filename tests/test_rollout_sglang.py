@@ -1,0 +1,77 @@
+"""RL with rollouts on servers (`[rollout] backend = "sglang"`): two real `nemoh serve` processes on 127.0.0.1 speak
+SGLang's native protocol; the run must equal the in-process engine's run on the same base, and a broken server
+reply must be a clear error naming the server."""
+import json
+import shutil
+
+import httpx
+import pytest
+from net import free_port
+from test_sglang_api import start_server
+
+from nemoh.rl.backends.sglang import ServerReplyError
+from nemoh.rl.config import RLConfig
+from nemoh.rl.trainer import RLTrainer
+from nemoh.train.config import load_config
+from nemoh.train.metrics import read_metrics
+
+pytestmark = pytest.mark.slow  # two server processes and two short RL runs
+
+ARGS = ["--train.eval_every", "0", "--data.num_eval", "4", "--rollout.n_samples_per_prompt", "4",
+        "--rollout.rollout_batch_size", "4", "--train.global_batch_size", "16", "--train.micro_batch_size", "8",
+        "--train.rollouts", "3", "--rollout.rollout_max_response_len", "6", "--algo.use_rollout_routing_replay",
+        "true", "--warm_start.steps", "3", "--reward.function", "rl_helpers:lowercase_share", "--optim.lr", "1e-2"]
+
+
+def _run(run_dir, *extra):
+    cfg = load_config(None, ["--checkpoint.dir", str(run_dir), *ARGS, *extra], cls=RLConfig)
+    RLTrainer(cfg, show_progress=False).run()
+    return [r for r in read_metrics(run_dir) if "reward_mean" in r]
+
+
+def test_rl_on_two_nemoh_serve_processes_equals_the_in_process_engine(tmp_path):
+    engine = _run(tmp_path / "engine")
+    servers = [start_server(tmp_path / "engine" / "base", free_port()) for _ in range(2)]
+    try:
+        run = tmp_path / "sglang"
+        run.mkdir()
+        shutil.copytree(tmp_path / "engine" / "base", run / "base")   # the same starting weights
+        urls = json.dumps([base for _, base in servers])
+        http = _run(run, "--rollout.backend", "sglang", "--rollout.urls", urls)
+        # the servers loaded every update from disk: their weight version is the trainer's optimizer step count
+        for _, base in servers:
+            assert httpx.get(base + "/get_weight_version").json()["weight_version"] == "3"
+    finally:
+        for proc, _ in servers:
+            proc.terminate()
+            proc.wait(timeout=10)
+    assert len(engine) == len(http) == 3
+    for a, b in zip(engine, http):
+        # sample j of a prompt is seeded seed + j on both sides, and the weights are equal (fp32 on disk), so the
+        # tokens and hence the rewards are identical; R3 keeps the train/rollout gap at float32 noise (1e-4 is the
+        # in-process bound of test_rl.py, over log-softmax of logits ~10)
+        assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-6)
+        assert b["logprob_diff_max"] < 1e-4, b["logprob_diff_max"]
+    assert list((run / "weights").glob("v*")) == [run / "weights" / "v000003"]  # older versions removed
+
+
+def test_a_dead_server_list_and_a_bad_reply_are_clear_errors(tmp_path):
+    cfg = load_config(None, ["--checkpoint.dir", str(tmp_path / "r"), *ARGS, "--rollout.backend", "sglang"],
+                      cls=RLConfig)
+    with pytest.raises(ValueError, match="rollout.urls"):
+        RLTrainer(cfg, show_progress=False).run()
+    # a server that answers 404 JSON to /update_weights_from_disk (not SGLang): the error names the server
+    proc, base = start_server(_tiny(tmp_path), free_port())
+    try:
+        cfg = load_config(None, ["--checkpoint.dir", str(tmp_path / "r2"), *ARGS, "--rollout.backend", "sglang",
+                                 "--rollout.urls", json.dumps([base + "/v1"])], cls=RLConfig)
+        with pytest.raises(ServerReplyError, match=base):
+            RLTrainer(cfg, show_progress=False).run()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _tiny(tmp_path):
+    from nemoh.model.tiny import init_tiny
+    return init_tiny(tmp_path / "tiny", seed=0)
