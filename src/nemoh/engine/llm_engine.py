@@ -13,7 +13,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ from .scheduler import Scheduler
 from .sequence import Sequence
 from .sequence import Status as SeqStatus
 
-Prompt = Union[str, list[int], list[dict[str, Any]]]
+Prompt = str | list[int] | list[dict[str, Any]]
 
 
 @dataclass
@@ -215,10 +215,11 @@ class LLM:
             rows = self._sample_isolated(seqs, logits)
         events = []
         for i, seq in enumerate(seqs):
-            if rows[i] is None or seq.is_finished:   # failed here, or a sibling's failure finished it
+            row = rows[i]
+            if row is None or seq.is_finished:   # failed here, or a sibling's failure finished it
                 continue
             try:
-                events.append(self._append(seq, *rows[i], routing[:, i:i + 1] if routing is not None else None))
+                events.append(self._append(seq, *row, routing[:, i:i + 1] if routing is not None else None))
             except Exception as e:  # isolation: whatever went wrong is this request's, not the batch's
                 self.fail_request(seq.request_id, f"engine error in this request ({type(e).__name__}: {e})")
         return events
@@ -234,8 +235,10 @@ class LLM:
             pass
         rows: list[tuple[int, float, Tensor] | None] = []
         for i, seq in enumerate(seqs):
-            if states[i] is not None:
-                seq.generator.set_state(states[i])
+            state = states[i]
+            if state is not None:
+                assert seq.generator is not None  # its state was read above
+                seq.generator.set_state(state)
             try:
                 tok, tok_lp, lp = sample(logits[i:i + 1].float(), [seq], [self._banned(seq)])
                 rows.append((int(tok[0]), float(tok_lp[0]), lp[0]))
@@ -304,7 +307,8 @@ class LLM:
         with self._phase("detokenisation"):
             before = len(seq.detok.text)
             seq.detok.add(tok)
-            return find_stop(seq.detok.text, len(seq.detok.text) - before, seq.params.stop) if seq.params.stop else None
+            stops = cast(list[str], seq.params.stop)  # SamplingParams.__post_init__ makes it a list
+            return find_stop(seq.detok.text, len(seq.detok.text) - before, stops) if stops else None
 
     # ---- results ------------------------------------------------------------------------------------------
     def completion(self, seq: Sequence) -> CompletionOutput:
@@ -326,13 +330,14 @@ class LLM:
         return RequestOutput(request_id, text, group[0].prompt_token_ids, [self.completion(s) for s in group],
                              finished=all(s.is_finished for s in group))
 
-    def generate(self, prompts: Prompt | list[Prompt], sampling_params: SamplingParams | list[SamplingParams] | None = None,
-                 use_progress: bool = False, chat_template_kwargs: dict[str, Any] | None = None) -> list[RequestOutput]:
+    def generate(self, prompts: Prompt | list[Prompt],
+                 sampling_params: SamplingParams | list[SamplingParams] | None = None, use_progress: bool = False, chat_template_kwargs: dict[str, Any] | None = None) -> list[RequestOutput]:
         """One RequestOutput per prompt, in order. A single string / token-id list / message list is one prompt."""
         single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and
                                               (isinstance(prompts[0], int) or isinstance(prompts[0], dict)))
-        prompts = [prompts] if single else list(prompts)
-        params = sampling_params if isinstance(sampling_params, list) else [sampling_params or SamplingParams()] * len(prompts)
+        prompts = cast(list[Prompt], [prompts] if single else list(prompts))
+        params = (sampling_params if isinstance(sampling_params, list)
+                  else [sampling_params or SamplingParams()] * len(prompts))
         if len(params) != len(prompts):
             raise ValueError(f"sampling_params: {len(params)} given for {len(prompts)} prompts")
         rids = [self.add_request(p, sp, chat_template_kwargs=chat_template_kwargs) for p, sp in zip(prompts, params)]
@@ -378,13 +383,13 @@ def encode_prompt(tokenizer: Tokenizer | None, prompt: Prompt, chat_template_kwa
                   tools: list[dict] | None = None) -> tuple[str | None, list[int]]:
     """A prompt (text, token ids or chat messages) -> (rendered text or None, token ids), as the engine sees it."""
     if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt) and prompt:
-        return None, list(prompt)
+        return None, list(cast(list[int], prompt))
     if tokenizer is None:
         raise ValueError("prompt: this engine has no tokenizer; pass token ids")
     if isinstance(prompt, str):
         text = prompt
     elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
-        text = tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True,
+        text = tokenizer.apply_chat_template(cast(list[dict[str, Any]], prompt), tools=tools, add_generation_prompt=True,
                                              **(chat_template_kwargs or {}))
     else:
         raise ValueError("prompt: expected a string, a non-empty list of token ids, or a list of chat messages")

@@ -19,10 +19,12 @@ import sys
 import threading
 import time
 import traceback
+from types import FrameType
+from typing import Any
 
 CANDIDATE_FILE = "<candidate>"
 VIOLATIONS: list[str] = []
-STATE = {"guard": False, "in_launch": 0, "launches": 0, "gpu_launches": 0, "device": "cpu"}
+STATE: dict[str, Any] = {"guard": False, "in_launch": 0, "launches": 0, "gpu_launches": 0, "device": "cpu"}
 ALLOWED_DIRS: list[str] = []
 DENY_READ: list[str] = []
 # ATen ops a kernel wrapper may use outside its kernels: allocation, views, layout and dtype copies, no math
@@ -45,6 +47,7 @@ SUBPROCESS_EVENTS = {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn
 def _sibling(name: str):
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"_nemoh_sandbox_{name}", path)
+    assert spec is not None and spec.loader is not None  # a .py path always has a source loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -67,7 +70,7 @@ def _under(path, dirs: list[str]) -> bool:
 
 def _from_candidate() -> bool:
     """Is the candidate's own code on the stack (whatever library it called through)?"""
-    f = sys._getframe(2)
+    f: FrameType | None = sys._getframe(2)
     while f is not None:
         if f.f_code.co_filename == CANDIDATE_FILE:
             return True
@@ -77,7 +80,7 @@ def _from_candidate() -> bool:
 
 def _caller_is_candidate() -> bool:
     """Did the candidate's own code (not a library it called) raise this event?"""
-    f = sys._getframe(1)
+    f: FrameType | None = sys._getframe(1)
     while f is not None and f.f_code.co_filename == __file__:
         f = f.f_back
     return f is not None and f.f_code.co_filename == CANDIDATE_FILE
@@ -139,7 +142,7 @@ def _audit(event: str, args) -> None:
 class Monitor:
     """The provenance monitor while a forward runs (`active`), shared by the launch wrapper and the ATen mode."""
     active = False
-    prov = None
+    prov: Any = None  # a provenance.Provenance (module loaded by path) while a forward runs
 
 
 def _scalar(a):
@@ -201,7 +204,7 @@ def _watch_threads() -> None:
             violate("starts a thread")
         return original(*args, **kwargs)
     _thread.start_new_thread = start_new_thread
-    threading._start_new_thread = start_new_thread  # what threading.Thread.start calls
+    threading._start_new_thread = start_new_thread  # type: ignore[attr-defined]  # private: Thread.start calls it
 
 
 def _recorder(torch, provenance):
@@ -264,7 +267,7 @@ def _guarded(failure: str, fn, *args):
         raise
     except Exception as e:
         if VIOLATIONS:
-            raise Violation(VIOLATIONS[0])
+            raise Violation(VIOLATIONS[0]) from e
         if failure == "runtime_error" and _is_compile_error(e):
             failure = "triton_compile_error"
         raise Failed(failure, f"{type(e).__name__}: {str(e)[:800]}") from e
@@ -466,7 +469,7 @@ def _is_compile_error(e: BaseException) -> bool:
     return False
 
 
-def _chain(e: BaseException):
+def _chain(e: BaseException | None):
     while e is not None:
         yield e
         e = e.__cause__ or e.__context__
@@ -501,16 +504,16 @@ def main() -> None:
         report.update(failure="runtime_error", detail="MemoryError: the address-space limit was reached")
     except BaseException as e:  # noqa: BLE001 - the report must be written whatever the candidate did
         if VIOLATIONS:
-            report.update(failure="integrity_violation", flags=list(dict.fromkeys(report.get("flags", []) + VIOLATIONS)),
-                          detail="; ".join(VIOLATIONS))
+            report.update(failure="integrity_violation",
+                          flags=list(dict.fromkeys(report.get("flags", []) + VIOLATIONS)), detail="; ".join(VIOLATIONS))
         else:
             report.update(failure="runtime_error", detail=f"{type(e).__name__}: {str(e)[:500]}",
                           traceback=traceback.format_exc()[-2000:])
     STATE["guard"] = False
     _sign(report, out_dir, secret["nonce"])
     tmp = os.path.join(out_dir, "report.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(report, f)
+    with open(tmp, "w") as fh:
+        json.dump(report, fh)
     os.replace(tmp, os.path.join(out_dir, "report.json"))
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown: a candidate's threads or atexit hooks cannot hang or rewrite it

@@ -40,7 +40,7 @@ def _why_not(v: Verdict | None, t: dict, min_speedup: float) -> str | None:
         return "flagged"
     if min_speedup > 0 and v.speedup_eager is None:
         return "no GPU timing (CPU verdicts have no speedup: --min-speedup keeps none of them)"
-    if min_speedup > 0 and v.speedup_eager < min_speedup:
+    if min_speedup > 0 and v.speedup_eager is not None and v.speedup_eager < min_speedup:
         return f"speedup below {min_speedup:g}"
     if min_speedup > 0 and v.speed_review == "pending":
         return "suspicious speedup not cleared"
@@ -69,6 +69,7 @@ def build_dataset(traces: list[dict], verdicts: list[Verdict], min_speedup: floa
         if why:
             skipped[why] += 1
             continue
+        assert v is not None  # _why_not answers "no verdict" for None
         digest = hashlib.sha256(f"{t['problem']}\n{' '.join(t['code'].split())}".encode()).hexdigest()
         if digest in seen:
             continue

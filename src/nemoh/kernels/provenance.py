@@ -16,6 +16,7 @@ ctypes, private APIs and attribute rebinding out.
 from __future__ import annotations
 
 import hashlib
+from typing import cast
 
 import torch
 
@@ -33,7 +34,8 @@ def storage_bytes(t: torch.Tensor) -> torch.Tensor:
 
 def digest(t: torch.Tensor) -> bytes:
     b = storage_bytes(t)
-    return _BLAKE(_NUMPY(b if b.device.type == "cpu" else _CPU(b)), digest_size=16).digest()
+    # a uint8 ndarray is a buffer; numpy's stubs do not say so
+    return _BLAKE(_NUMPY(b if b.device.type == "cpu" else _CPU(b)), digest_size=16).digest()  # type: ignore[arg-type]
 
 
 def _key(t: torch.Tensor) -> int:
@@ -46,7 +48,7 @@ def _blank(t: torch.Tensor) -> bool:
 
 
 class Provenance:
-    def __init__(self):
+    def __init__(self) -> None:
         self.sources: dict[int, tuple[bytes, str]] = {}       # inputs, parameters, buffers at forward start
         self.kernel: dict[int, bytes] = {}                    # as the last launch that changed it left it
         self.derived: dict[int, tuple[bytes, frozenset]] = {}  # allowed copies of trusted data, their origins
@@ -55,7 +57,7 @@ class Provenance:
         self.signature: list[tuple] = []                      # (what, scalars) per launch / constant fill
 
     def begin(self, inputs: list, module: torch.nn.Module) -> None:
-        self.__init__()
+        self.__init__()  # type: ignore[misc]  # resets every field in place; no subclasses
         named = [(f"input {i}", x) for i, x in enumerate(inputs) if isinstance(x, torch.Tensor)]
         named += [(f"parameter {n}", p) for n, p in module.named_parameters()]
         named += [(f"buffer {n}", b) for n, b in module.named_buffers()]
@@ -97,7 +99,8 @@ class Provenance:
         """An allowed ATen copy (clone, contiguous, dtype cast, copy_): dst is trusted if its sources were."""
         origins = [self.origins(s) for s in srcs if _UNTYPED(s).data_ptr() != _key(dst)]
         if all(o is not None for o in origins) and _UNTYPED(dst).nbytes():
-            self.derived[_key(dst)] = (digest(dst), frozenset().union(*origins))
+            known = cast(list[frozenset], origins)  # all not None: checked above
+            self.derived[_key(dst)] = (digest(dst), frozenset().union(*known))
 
     def constant(self, what: str, scalars: tuple) -> None:
         self.signature.append((what, scalars))

@@ -30,8 +30,9 @@ def summarize(verdicts: list[Verdict], ps: tuple[float, ...] = (0.0, 1.0, 1.5, 2
     correct = [v for v in verdicts if v.correct]
     funnel = {"samples": n, "parsed": sum(v.parsed for v in verdicts), "compiled": sum(v.compiled for v in verdicts),
               "correct": len(correct),
-              "faster_than_eager": sum(bool(v.correct and (v.speedup_eager or 0) > 1) for v in verdicts) if timed else None}
-    fast = {}
+              "faster_than_eager":
+                  sum(bool(v.correct and (v.speedup_eager or 0) > 1) for v in verdicts) if timed else None}
+    fast: dict[str, float | None] = {}
     for p in ps:
         if p == 0:
             fast["fast_0"] = len(correct) / n if n else 0.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -66,7 +67,7 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def from_validation_errors(errors: list[dict[str, Any]]) -> APIError:
+def from_validation_errors(errors: Sequence[Mapping[str, Any]]) -> APIError:
     """The first pydantic error, as a 400 naming its field; other errors of the same field are summarised."""
     first = errors[0]
     path = field_path(tuple(first.get("loc", ())))

@@ -4,6 +4,8 @@ Works on token ids rather than text, so special-token stripping cannot hide the 
 serves streaming (delta per new token) and the final answer."""
 from __future__ import annotations
 
+from typing import cast
+
 from ..engine.detokenizer import IncrementalDetokenizer
 from ..tokenizer import Tokenizer
 
@@ -23,7 +25,7 @@ class ReasoningSplitter:
         self.tok = tokenizer
         self.enabled = enabled and tokenizer.think_end_id is not None
         self.in_reasoning = starts_in_reasoning and self.enabled
-        keep = {tokenizer.token_to_id(t) for t in ("<tool_call>", "</tool_call>")} - {None}
+        keep = cast(set[int], {tokenizer.token_to_id(t) for t in ("<tool_call>", "</tool_call>")} - {None})
         self.reasoning = ChannelDecoder(tokenizer, set())
         self.content = ChannelDecoder(tokenizer, keep)  # tool-call tags stay in content for the tool parser
 
