@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import tomllib
 
@@ -101,6 +103,12 @@ def parse_value(text: str, tp: Any, where: str) -> Any:
         raise ValueError(f"{where}: expected true or false, got {text!r}")
     if tp is str:
         return text
+    if tp is dict or origin is dict:  # a table on the command line: JSON ('{"enable_thinking": false}')
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"{where}: expected a JSON object, got {text!r} ({e})") from None
+        return check_value(value, tp, where)
     if tp is int or tp is float or origin in (list, tuple, typing.Union, types.UnionType):
         try:
             value = ast.literal_eval(text)
@@ -160,7 +168,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if unknown:
             raise ValueError(f"[{name}]: unknown settings {unknown}")
         checked = {k: check_value(v, types_[k], f"{name}.{k}") for k, v in sub.items()}
-        default = sections[name].default_factory()  # type: ignore[misc]
+        # every section field is declared with field(default_factory=...); dataclasses types it as maybe-MISSING
+        default = cast(Callable[[], Any], sections[name].default_factory)()
         built[name] = dataclasses.replace(default, **checked) if checked else default
     return cls(**built)
 
