@@ -11,9 +11,9 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import (
@@ -65,7 +65,8 @@ def visible_text(text: str, params: SamplingParams, finished: bool, stop_reason:
             at = text.find(stop_reason)
             return text[: at + len(stop_reason)] if params.include_stop_str_in_output else text[:at]
         return text
-    hold = max((len(st) for st in params.stop), default=1) - 1
+    stops = cast(list[str], params.stop)  # SamplingParams.__post_init__ makes it a list
+    hold = max((len(st) for st in stops), default=1) - 1
     return text[: len(text) - hold] if hold else text
 
 
@@ -170,6 +171,7 @@ class Server:
         done = await self._wait(rid, q, request)
         if done is None:
             return Response(status_code=499)
+        assert done.output is not None  # _wait raised if the request failed; otherwise the engine set its output
         tools = req.template_tools()
         choices, completion_tokens = [], 0
         for c in done.output.outputs:
@@ -185,7 +187,7 @@ class Server:
                 message["tool_calls"], finish = calls, "tool_calls"
             logprobs = None
             if params.logprobs is not None:
-                tops = c.top_logprobs or [None] * len(c.token_ids)
+                tops: Sequence[dict[int, float] | None] = c.top_logprobs or [None] * len(c.token_ids)
                 logprobs = {"content": [self._chat_logprob(t, lp, top)
                                         for t, lp, top in zip(c.token_ids, c.logprobs, tops)]}
             choices.append({"index": c.index, "message": message, "finish_reason": finish, "logprobs": logprobs})
@@ -253,6 +255,7 @@ class Server:
         done = await self._wait(rid, q, request)
         if done is None:
             return Response(status_code=499)
+        assert done.output is not None  # _wait raised if the request failed; otherwise the engine set its output
         choices = []
         for c in done.output.outputs:
             lp = None

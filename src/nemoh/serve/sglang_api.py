@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -44,16 +45,17 @@ class SGLangSamplingParams(BaseModel):
     no_stop_trim: bool = False
     n: int = Field(1, ge=1)
     sampling_seed: int | None = None
-    frequency_penalty: Literal[0, 0.0] = 0.0
-    presence_penalty: Literal[0, 0.0] = 0.0
-    repetition_penalty: Literal[1, 1.0] = 1.0
+    frequency_penalty: Literal[0, 0.0] = 0.0  # type: ignore[valid-type]  # pydantic takes float literals
+    presence_penalty: Literal[0, 0.0] = 0.0  # type: ignore[valid-type]  # pydantic takes float literals
+    repetition_penalty: Literal[1, 1.0] = 1.0  # type: ignore[valid-type]  # pydantic takes float literals
 
 
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     input_ids: list[int] | None = None
     text: str | None = None
-    sampling_params: SGLangSamplingParams = Field(default_factory=SGLangSamplingParams)
+    # the model class is a valid zero-argument factory; pydantic's overloads (no plugin) infer Never
+    sampling_params: SGLangSamplingParams = Field(default_factory=SGLangSamplingParams)  # type: ignore[arg-type]
     return_logprob: bool = False
     logprob_start_len: int = -1                     # -1: no input log-probs; k: input log-probs from position k
     top_logprobs_num: int = Field(0, ge=0, le=20)
@@ -124,7 +126,7 @@ def sglang_router(server: Any) -> APIRouter:
     state = SGLangState(str(getattr(llm.model, "source_dir", "") or server.name))
     cfg = llm.model.config
 
-    def logprob_rows(ids: list[int], lps: list[float | None], with_text: bool) -> list[list[Any]]:
+    def logprob_rows(ids: list[int], lps: Sequence[float | None], with_text: bool) -> list[list[Any]]:
         return [[lp, t, tok.decode([t], skip_special_tokens=False) if with_text else None] for lp, t in zip(lps, ids)]
 
     def one_output(c: CompletionOutput, req: GenerateRequest, prompt: list[int], rid: str, t0: float,
@@ -182,6 +184,7 @@ def sglang_router(server: Any) -> APIRouter:
                 break
         if ev.error:
             raise APIError(500, ev.error, type_="server_error")
+        assert ev.output is not None  # no error: the engine set its output
         outs = [one_output(c, req, ids, req.rid or rid, t0, input_lps) for c in ev.output.outputs]
         return outs[0] if sp.n == 1 else outs
 
