@@ -32,7 +32,7 @@ def command_lines() -> list[str]:
     out = []
     for block in _blocks("bash"):
         commands = [c for full in block.replace("\\\n", " ").splitlines()
-                    for c in re.split(r"\s(?:&&|;)\s", re.sub(r"\s#.*$", "", full))]
+                    for c in re.split(r"\s(?:&&|;|&)\s", re.sub(r"\s#.*$", "", full))]
         for line in commands:
             line = line.strip().rstrip("&").strip()
             if "nemoh.cli.main" in line:
