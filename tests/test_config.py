@@ -34,7 +34,8 @@ def test_moe_mtp_fields_and_roundtrip():
            "topk_group": 2, "norm_topk_prob": False, "routed_scaling_factor": 5.0, "moe_latent_size": 64,
            "num_nextn_predict_layers": 1, "mtp_hybrid_override_pattern": "*E", "quantization_config": {"x": 1}}
     c = NemotronHConfig.from_dict(raw)
-    assert (c.n_group, c.topk_group, c.norm_topk_prob, c.routed_scaling_factor, c.moe_latent_size) == (4, 2, False, 5.0, 64)
+    assert (c.n_group, c.topk_group, c.norm_topk_prob, c.routed_scaling_factor, c.moe_latent_size) == \
+        (4, 2, False, 5.0, 64)
     assert c.mtp_block_types == ["attention", "moe"]
     again = NemotronHConfig.from_dict(json.loads(json.dumps(c.to_dict())))
     assert again.to_dict() == c.to_dict() and again.block_types == c.block_types

@@ -17,7 +17,8 @@ from nemoh.train.metrics import read_metrics
 def _cfg(run_dir, *extra):
     return load_config(None, ["--checkpoint.dir", str(run_dir), "--train.eval_every", "0", "--data.num_eval", "8",
                               "--rollout.n_samples_per_prompt", "4", "--rollout.rollout_batch_size", "8",
-                              "--train.global_batch_size", "32", "--train.micro_batch_size", "16", *extra], cls=RLConfig)
+                              "--train.global_batch_size", "32", "--train.micro_batch_size", "16", *extra],
+                       cls=RLConfig)
 
 
 def test_reward_rises_on_a_trivial_task(tmp_path):

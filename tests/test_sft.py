@@ -55,8 +55,8 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
                 show_progress=False)
     monkeypatch.setattr(train_state.dcp, "save", real_save)
     assert [p.name for p in train_state.checkpoints(tmp_path / "run")] == ["step_000002"]
-    last = run_sft(_cfg(tmp_path / "run", "--train.steps", "4", "--checkpoint.every", "2", "--checkpoint.resume", "true"),
-                   show_progress=False)
+    last = run_sft(_cfg(tmp_path / "run", "--train.steps", "4", "--checkpoint.every", "2",
+                        "--checkpoint.resume", "true"), show_progress=False)
     assert last and [p.name for p in train_state.checkpoints(tmp_path / "run")] == ["step_000002", "step_000004"]
 
 

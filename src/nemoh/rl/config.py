@@ -31,8 +31,8 @@ class Rollout:
     rollout_max_prompt_len: int = 512   # the engine's context is prompt + response
     max_num_seqs: int = 64              # engine slots
     backend: str = "engine"             # where rollouts run: a name in nemoh.rl.backends.ROLLOUT_BACKENDS
-    engines: str = "rank0"              # backend "engine" under torchrun: rank0 (one engine, rollouts as in one process) |
-                                        # data_ranks (one engine per data rank, each generating its share)
+    engines: str = "rank0"              # backend "engine" under torchrun: rank0 (one engine, rollouts as in one
+                                        # process) | data_ranks (one engine per data rank, each generating its share)
     urls: list[str] = field(default_factory=list)   # backend "sglang": running servers (SGLang or `nemoh serve`)
     concurrency: int = 16               # backend "sglang": requests in flight per server
     weight_sync_dir: str = ""           # backend "sglang": where weights go for the servers (default RUN_DIR/weights)

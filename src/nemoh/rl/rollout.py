@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -17,6 +17,7 @@ from .rewards import RewardFn, is_correct, reward_text
 from .stats import sampling_stats
 
 if TYPE_CHECKING:
+    from ..engine.llm_engine import Prompt
     from .backends.base import RolloutBackend
 
 
@@ -37,10 +38,11 @@ class PromptSampler:
     """Endless seeded shuffles of the training prompts."""
 
     def __init__(self, prompts: list[PromptExample], seed: int):
-        self.prompts, self.rng, self.queue = prompts, random.Random(seed), []
+        self.prompts, self.rng = prompts, random.Random(seed)
+        self.queue: list[PromptExample] = []
 
     def take(self, n: int) -> list[PromptExample]:
-        out = []
+        out: list[PromptExample] = []
         while len(out) < n:
             if not self.queue:
                 self.queue = list(self.prompts)
@@ -50,13 +52,14 @@ class PromptSampler:
 
 
 def sample_groups(llm: LLM, prompts: list[PromptExample], cfg: RLConfig, reward: RewardFn, seed: int,
-                  chat_kwargs: dict) -> tuple[list[list[Sample]], int]:
+                  chat_kwargs: dict[str, Any] | None) -> tuple[list[list[Sample]], int]:
     """One group of n samples per prompt. Returns the groups and the number of generated tokens."""
     r = cfg.rollout
     params = SamplingParams(n=r.n_samples_per_prompt, temperature=r.rollout_temperature, top_p=r.rollout_top_p,
                             max_tokens=r.rollout_max_response_len, seed=seed,
                             return_routed_experts=cfg.algo.use_rollout_routing_replay)
-    outs = llm.generate([p.prompt for p in prompts], [params] * len(prompts),
+    inputs: list[Prompt] = [p.prompt for p in prompts]
+    outs = llm.generate(inputs, [params] * len(prompts),
                         chat_template_kwargs=chat_kwargs if cfg.data.apply_chat_template else None)
     groups, tokens = [], 0
     for p, out in zip(prompts, outs):
@@ -108,7 +111,8 @@ def held_out_accuracy(llm: LLM, prompts: list[PromptExample], reward: RewardFn, 
     """Greedy accuracy (reward >= 1) on held-out prompts; `chat_kwargs` None sends the prompts without a template."""
     if not prompts:
         return float("nan")
-    outs = llm.generate([p.prompt for p in prompts], SamplingParams(temperature=0, max_tokens=max_tokens),
+    inputs: list[Prompt] = [p.prompt for p in prompts]
+    outs = llm.generate(inputs, SamplingParams(temperature=0, max_tokens=max_tokens),
                         chat_template_kwargs=chat_kwargs)
     scores = [reward([o.outputs[0].text], p.label)[0] for o, p in zip(outs, prompts)]
     return sum(bool(is_correct(s)) for s in scores) / len(scores)

@@ -14,7 +14,7 @@ from ..data.prompts import PromptExample
 def addition_examples(n: int, seed: int, max_operand: int = 9, held_out: bool = False) -> list[PromptExample]:
     """"a+b" -> a+b. Pairs with (a + 2b) % 5 == 0 are held out of training and form the evaluation split."""
     rng = random.Random(seed)
-    out = []
+    out: list[PromptExample] = []
     while len(out) < n:
         a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
         if ((a + 2 * b) % 5 == 0) != held_out:
@@ -23,10 +23,11 @@ def addition_examples(n: int, seed: int, max_operand: int = 9, held_out: bool = 
     return out
 
 
-def reverse_examples(n: int, seed: int, held_out: bool = False, min_len: int = 3, max_len: int = 4) -> list[PromptExample]:
+def reverse_examples(n: int, seed: int, held_out: bool = False, min_len: int = 3,
+                     max_len: int = 4) -> list[PromptExample]:
     """A short lowercase word -> the word reversed. Words whose first letter is in 'aeiou' are held out."""
     rng = random.Random(seed)
-    out = []
+    out: list[PromptExample] = []
     while len(out) < n:
         w = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(min_len, max_len)))
         if (w[0] in "aeiou") != held_out:
@@ -44,7 +45,7 @@ def copy_examples(n: int, seed: int, held_out: bool = False) -> list[PromptExamp
 def first_letter_examples(n: int, seed: int, held_out: bool = False) -> list[PromptExample]:
     """A short lowercase word -> its first letter; words ending in a vowel are held out."""
     rng = random.Random(seed)
-    out = []
+    out: list[PromptExample] = []
     while len(out) < n:
         w = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 5)))
         if (w[-1] in "aeiou") != held_out:
@@ -62,7 +63,7 @@ def last_letter_examples(n: int, seed: int, held_out: bool = False) -> list[Prom
     """A short lowercase word -> its last letter; words starting with a vowel are held out (every answer letter
     still occurs in training)."""
     rng = random.Random(seed)
-    out = []
+    out: list[PromptExample] = []
     while len(out) < n:
         w = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 5)))
         if (w[0] in "aeiou") != held_out:
@@ -74,7 +75,7 @@ def last_letter_examples(n: int, seed: int, held_out: bool = False) -> list[Prom
 def count_examples(n: int, seed: int, held_out: bool = False) -> list[PromptExample]:
     """A string of 3-8 letters from 'ab' -> how many 'a' it holds (0-8); a hashed quarter of strings is held out."""
     rng = random.Random(seed)
-    out = []
+    out: list[PromptExample] = []
     while len(out) < n:
         w = "".join(rng.choice("ab") for _ in range(rng.randint(3, 8)))
         if _held_out(w) != held_out:
@@ -87,7 +88,7 @@ def two_step_examples(n: int, seed: int, held_out: bool = False) -> list[PromptE
     """"a+b-c" (digits, result >= 0) -> the result, scored with partial credit (number_partial); a hashed quarter
     of the expressions is held out."""
     rng = random.Random(seed)
-    out = []
+    out: list[PromptExample] = []
     while len(out) < n:
         a, b, c = rng.randint(0, 9), rng.randint(0, 9), rng.randint(0, 9)
         expr = f"{a}+{b}-{c}"

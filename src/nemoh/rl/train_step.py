@@ -45,6 +45,7 @@ def response_logprobs(model: NemotronHForCausalLM, samples: list[Sample], temper
         m, _, k = samples[0].routed.shape
         routed = torch.full((m, b, T, k), -1, dtype=torch.long)
         for i, s in enumerate(samples):
+            assert s.routed is not None  # replay: every sample carries its routing
             routed[:, i, : s.routed.shape[1]] = s.routed
     dev = model.device
     logits = model(ids.to(dev), routed_experts=None if routed is None else routed.to(dev)).logits / temperature

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,9 @@ from .stats import advantage_stats, effective_tokens
 from .tasks import TASKS, task_reward
 from .train_step import policy_update, response_logprobs
 
+if TYPE_CHECKING:
+    from ..model import NemotronHForCausalLM
+
 __all__ = ["RLTrainer", "response_logprobs"]
 
 
@@ -44,13 +47,13 @@ class RLTrainer:
         self.run_ = start_run(cfg.model, Path(cfg.checkpoint.dir), cfg.train.seed)
         self.model = self.run_.model
         self.tok = Tokenizer.from_pretrained(self.run_.base_path)
-        self.chat_kwargs = {"enable_thinking": cfg.data.enable_thinking}
+        self.chat_kwargs: dict[str, Any] = {"enable_thinking": cfg.data.enable_thinking}
         self.reward = RewardFn(task_reward(cfg.data.prompts, cfg.reward.function))
         self.train_prompts, self.eval_prompts = self._load_prompts()
         self.sampler = PromptSampler(self.train_prompts, cfg.train.seed)
         self.advantage = ADVANTAGES[cfg.algo.advantage_estimator]
         self.backend: RolloutBackend | None = None
-        self.ref: torch.nn.Module | None = None  # the frozen reference is built only when a KL loss needs it
+        self.ref: NemotronHForCausalLM | None = None  # the frozen reference is built only when a KL loss needs it
         self.accuracy_before = float("nan")
 
     def _load_prompts(self):

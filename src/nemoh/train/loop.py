@@ -14,7 +14,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -108,7 +108,7 @@ def optimizer_step(run: TrainRun, micro_losses: Iterable[torch.Tensor], grad_cli
     for loss in micro_losses:
         loss.backward()                      # under torchrun, gradients are summed over data ranks (parallelize)
     grad_norm = clip_grad_norm(run.model, grad_clip)
-    lr = run.scheduler.get_last_lr()[0]
+    lr = cast(float, run.scheduler.get_last_lr()[0])  # a float: the optimizer's lr is a float
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -148,6 +148,7 @@ def train(run: TrainRun, job: TrainJob, schedule: LoopSchedule, ckpt: Checkpoint
             log.log(step + 1, last)
         log.advance()
         if ckpt.every and (step + 1) % ckpt.every == 0:
+            assert run.optimizer is not None, "build_training first"
             save_state(run.run_dir, step + 1, run.model, run.optimizer, run.scheduler, job.data_state(), ckpt.keep)
     final = job.final_metrics(last) if end == schedule.total_steps else {}
     if final:

@@ -20,7 +20,7 @@ class MetricsLogger:
         self._file = self.path.open("a", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(run_dir / "tb"))
+            self.tb: SummaryWriter | None = SummaryWriter(str(run_dir / "tb"))
         except ImportError:  # tensorboard is optional: pip install tensorboard
             self.tb = None
         self.progress = None

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..data import ErrorLog, collate, load_chat_examples, pack, read_rows
+from ..data import ErrorLog, Example, collate, load_chat_examples, pack, read_rows
 from ..data.packing import PackedBatch, trained_tokens
 from ..lora import apply_lora, load_adapter, lora_parameters
 from ..model import NemotronHForCausalLM
@@ -42,7 +42,8 @@ class PackedLoader:
 
     def next(self, rank: int = 0, world: int = 1) -> tuple[PackedBatch, int]:
         """The next rows_per_step x world rows; this rank's share and the trained-token count of all of them."""
-        order, picked = self._order(), []
+        order = self._order()
+        picked: list[list[Example]] = []
         while len(picked) < self.rows_per_step * world:
             if self.index >= len(order):
                 self.epoch, self.index = self.epoch + 1, 0
@@ -59,7 +60,8 @@ def token_loss(model: NemotronHForCausalLM, batch: PackedBatch, denominator: int
     """Sum of token cross-entropies over trained tokens, divided by the step's trained-token count."""
     batch = batch.to(model.device)
     logits = model(batch.input_ids, seq_idx=batch.seq_idx).logits
-    return F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=-100, reduction="sum") / denominator
+    loss = F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=-100, reduction="sum")
+    return loss / denominator
 
 
 def load_packed(path: str, tok: Tokenizer, cfg: SFTConfig, errors: ErrorLog) -> list:

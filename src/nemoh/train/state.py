@@ -40,7 +40,11 @@ def checkpoints(run_dir: Path) -> list[Path]:
     d = run_dir / "checkpoints"
     if not d.exists():
         return []
-    return sorted((p for p in d.iterdir() if STEP_RE.match(p.name)), key=lambda p: int(STEP_RE.match(p.name).group(1)))
+    def step_of(p: Path) -> int:
+        m = STEP_RE.match(p.name)
+        assert m is not None  # only names that matched are sorted
+        return int(m.group(1))
+    return sorted((p for p in d.iterdir() if STEP_RE.match(p.name)), key=step_of)
 
 
 def prepare_run_dir(run_dir: Path) -> None:

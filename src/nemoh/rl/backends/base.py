@@ -2,8 +2,8 @@
 
 A backend turns prompts into scored groups of samples and keeps its rollout weights equal to the trainer's.
 `nemoh.rl.rollout.collect` (dynamic sampling, refills) drives `generate`; the trainer calls `sync_weights` after
-every optimizer step, `evaluate` for the held-out accuracy. Backends: in-process engines (`engine`), SGLang's native `/generate` (`sglang`) and vLLM's
-`/v1/completions` (`vllm`) over HTTP.
+every optimizer step, `evaluate` for the held-out accuracy. Backends: in-process engines (`engine`), SGLang's native
+`/generate` (`sglang`) and vLLM's `/v1/completions` (`vllm`) over HTTP.
 """
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ class RolloutBackend(ABC):
         return self.ctx.reward.failures
 
     def close(self) -> None:
-        """Release servers, threads or engines the backend started."""
+        """Release servers, threads or engines the backend started. The default is a no-op (nothing started)."""
+        return None
 
 
 ROLLOUT_BACKENDS: dict[str, type[RolloutBackend]] = {}
@@ -75,5 +76,6 @@ def register_backend(name: str) -> Callable[[type[RolloutBackend]], type[Rollout
 
 def build_backend(name: str, ctx: BackendContext) -> RolloutBackend:
     if name not in ROLLOUT_BACKENDS:
-        raise ValueError(f"rollout.backend: unknown backend {name!r} (choose from {', '.join(sorted(ROLLOUT_BACKENDS))})")
+        choices = ", ".join(sorted(ROLLOUT_BACKENDS))
+        raise ValueError(f"rollout.backend: unknown backend {name!r} (choose from {choices})")
     return ROLLOUT_BACKENDS[name](ctx)

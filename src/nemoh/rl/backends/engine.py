@@ -22,6 +22,7 @@ from .base import BackendContext, RolloutBackend, register_backend
 
 if TYPE_CHECKING:
     from ...data.prompts import PromptExample
+    from ...engine.llm_engine import Prompt
     from ...model import NemotronHForCausalLM
 
 Groups = tuple[list[list[Sample]], int]          # one scored group per prompt, generated tokens
@@ -63,6 +64,7 @@ class RankZero(Placement):
         import torch.distributed as dist
         box = [local(prompts, seed) if local is not None else None]
         dist.broadcast_object_list(box, src=0)
+        assert box[0] is not None  # rank 0 holds the engine, so it always generated
         return box[0]
 
     def reward_failures(self, local: int) -> int:
@@ -108,9 +110,11 @@ class EngineBackend(RolloutBackend):
     def __init__(self, ctx: BackendContext):
         super().__init__(ctx)
         r = ctx.cfg.rollout
-        single = ctx.layout is None or ctx.world == 1
-        self.placement = OneProcess(0, Layout(ctx.cfg.parallel)) if single else \
-            PLACEMENTS[r.engines](ctx.rank, ctx.layout)
+        self.placement: Placement
+        if ctx.layout is None or ctx.world == 1:
+            self.placement = OneProcess(0, Layout(ctx.cfg.parallel))
+        else:
+            self.placement = PLACEMENTS[r.engines](ctx.rank, ctx.layout)
         self.llm: LLM | None = None
         if self.placement.holds_engine():
             self.llm = LLM(copy.deepcopy(ctx.model).eval(), tokenizer=ctx.tokenizer, max_num_seqs=r.max_num_seqs,
@@ -118,9 +122,10 @@ class EngineBackend(RolloutBackend):
 
     def generate(self, prompts: list[PromptExample], seed: int) -> Groups:
         local = None
-        if self.llm is not None:
+        llm = self.llm
+        if llm is not None:
             def local(ps: list[PromptExample], s: int) -> Groups:
-                return sample_groups(self.llm, ps, self.ctx.cfg, self.ctx.reward, s, self.ctx.chat_kwargs)
+                return sample_groups(llm, ps, self.ctx.cfg, self.ctx.reward, s, self.ctx.chat_kwargs)
         groups, tokens = self.placement.generate(local, prompts, seed)
         for g in groups:
             for sample in g:
@@ -144,7 +149,8 @@ class EngineBackend(RolloutBackend):
             return None
         params = SamplingParams(temperature=0, max_tokens=max_tokens)
         kwargs = self.ctx.chat_kwargs if self.ctx.cfg.data.apply_chat_template else None
-        outs = self.llm.generate([p.prompt for p in prompts], params, chat_template_kwargs=kwargs)
+        inputs: list[Prompt] = [p.prompt for p in prompts]
+        outs = self.llm.generate(inputs, params, chat_template_kwargs=kwargs)
         return [o.outputs[0].text for o in outs]
 
     def reward_failures(self) -> int:
