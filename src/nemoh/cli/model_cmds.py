@@ -56,7 +56,8 @@ def run_demo(args: argparse.Namespace) -> int:
         dt = time.perf_counter() - t0
     logp = torch.log_softmax(out.logits[0, :-1], -1).gather(-1, ids[0, 1:, None]).mean().item()
     console.print(f"[bold]3. forward[/] {ids.shape[1]} tokens in {dt * 1e3:.1f} ms: logits {tuple(out.logits.shape)}, "
-                  f"mean log-prob of the prompt {logp:.3f} (random weights: about -ln(V) = {-torch.log(torch.tensor(float(c.vocab_size))).item():.3f})")
+                  f"mean log-prob of the prompt {logp:.3f} "
+                  f"(random weights: about -ln(V) = {-torch.log(torch.tensor(float(c.vocab_size))).item():.3f})")
     if out.routed_experts is not None:
         console.print(f"   routed experts per MoE layer for the first 6 tokens: "
                       f"{out.routed_experts[:, 0, :6].tolist()}")
@@ -113,8 +114,11 @@ def _print_config(c: NemotronHConfig, title: str) -> None:
     t.add_row("attention heads / kv / dim", f"{c.num_attention_heads} / {c.num_key_value_heads} / {c.head_dim}")
     t.add_row("mamba H x P, G, N", f"{c.mamba_num_heads} x {c.mamba_head_dim}, {c.n_groups}, {c.ssm_state_size}")
     if "moe" in c.block_types:
-        t.add_row("experts / top-k / scale", f"{c.n_routed_experts} / {c.num_experts_per_tok} / {c.routed_scaling_factor}")
+        t.add_row("experts / top-k / scale",
+                  f"{c.n_routed_experts} / {c.num_experts_per_tok} / {c.routed_scaling_factor}")
         t.add_row("latent / groups", f"{c.moe_latent_size} / n_group={c.n_group} topk_group={c.topk_group}")
     if c.num_nextn_predict_layers:
-        t.add_row("MTP", f"{c.num_nextn_predict_layers} x {''.join('*' if b == 'attention' else 'E' if b == 'moe' else 'M' if b == 'mamba' else '-' for b in c.mtp_block_types)}")
+        mtp = ''.join('*' if b == 'attention' else 'E' if b == 'moe' else 'M' if b == 'mamba' else '-'
+                      for b in c.mtp_block_types)
+        t.add_row("MTP", f"{c.num_nextn_predict_layers} x {mtp}")
     console.print(t)

@@ -30,7 +30,8 @@ def run_sft_cmd(args: argparse.Namespace) -> int:
     last = run_sft(cfg, show_progress=not args.quiet)
     if last.get("already_finished"):
         return _already_finished(cfg.checkpoint.dir, last["step"])
-    console.print(f"done: loss {last['loss']:.4f}" + (f", eval loss {last['eval_loss']:.4f}" if "eval_loss" in last else "")
+    console.print(f"done: loss {last['loss']:.4f}"
+                  + (f", eval loss {last['eval_loss']:.4f}" if "eval_loss" in last else "")
                   + f"; model in {cfg.checkpoint.dir}/final, metrics in {cfg.checkpoint.dir}/metrics.jsonl")
     return 0
 

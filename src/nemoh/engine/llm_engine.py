@@ -331,7 +331,8 @@ class LLM:
                              finished=all(s.is_finished for s in group))
 
     def generate(self, prompts: Prompt | list[Prompt],
-                 sampling_params: SamplingParams | list[SamplingParams] | None = None, use_progress: bool = False, chat_template_kwargs: dict[str, Any] | None = None) -> list[RequestOutput]:
+                 sampling_params: SamplingParams | list[SamplingParams] | None = None, use_progress: bool = False,
+                 chat_template_kwargs: dict[str, Any] | None = None) -> list[RequestOutput]:
         """One RequestOutput per prompt, in order. A single string / token-id list / message list is one prompt."""
         single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts and
                                               (isinstance(prompts[0], int) or isinstance(prompts[0], dict)))
@@ -389,7 +390,8 @@ def encode_prompt(tokenizer: Tokenizer | None, prompt: Prompt, chat_template_kwa
     if isinstance(prompt, str):
         text = prompt
     elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
-        text = tokenizer.apply_chat_template(cast(list[dict[str, Any]], prompt), tools=tools, add_generation_prompt=True,
+        text = tokenizer.apply_chat_template(cast(list[dict[str, Any]], prompt), tools=tools,
+                                             add_generation_prompt=True,
                                              **(chat_template_kwargs or {}))
     else:
         raise ValueError("prompt: expected a string, a non-empty list of token ids, or a list of chat messages")

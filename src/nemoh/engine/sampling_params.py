@@ -18,7 +18,7 @@ class SamplingParams:
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     seed: int | None = None
-    logprobs: int | None = None       # number of top alternatives per token (the sampled token's logprob is always kept)
+    logprobs: int | None = None       # number of top alternatives per token (the sampled token's logprob: always kept)
     return_routed_experts: bool = False
     max_thinking_tokens: int | None = None   # reasoning budget: close </think> after this many thinking tokens
     skip_special_tokens: bool = True
@@ -31,7 +31,8 @@ class SamplingParams:
             ("n", isinstance(self.n, int) and self.n >= 1, "must be an integer >= 1"),
             ("temperature", self.temperature >= 0, "must be >= 0"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("top_k", isinstance(self.top_k, int) and (self.top_k == -1 or self.top_k >= 0), "must be -1, 0 or positive"),
+            ("top_k", isinstance(self.top_k, int) and (self.top_k == -1 or self.top_k >= 0),
+             "must be -1, 0 or positive"),
             ("min_p", 0 <= self.min_p <= 1, "must be in [0, 1]"),
             ("max_tokens", self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
              "must be a positive integer"),

@@ -13,4 +13,5 @@ from .verify import clear_speedup, read_traces, read_verdicts, verify_traces
 
 __all__ = ["build_dataset", "export", "GenerateConfig", "generate", "Problem", "builtin_solution", "load_problems",
            "kernelbench_reward", "score", "pass_at_k", "summarize", "SandboxConfig", "verify_code",
-           "FAILURE_CLASSES", "Verdict", "read_traces", "read_verdicts", "verify_traces", "shrink_problem", "clear_speedup"]
+           "FAILURE_CLASSES", "Verdict", "read_traces", "read_verdicts", "verify_traces", "shrink_problem",
+           "clear_speedup"]

@@ -3,9 +3,9 @@
 A value passes when |out - ref| <= atol + rtol·|ref|, rtol = the dtype's tolerance and atol = that tolerance times
 max(1, rms(ref)): rounding error in a sum scales with the size of its terms, which the output's RMS tracks (a
 matmul of inputs scaled by 8 has errors 64 times larger at entries that cancel to near zero); it also needs NaN
-where the reference is NaN and the same infinity where it is infinite. The output as a whole also needs a relative L2 error
-||out - ref|| / ||ref|| <= 10·tolerance: element-wise checks alone pass a constant when every |ref| is below atol
-(a softmax over a wide row), and honest reassociation errors are orders of magnitude below that bound
+where the reference is NaN and the same infinity where it is infinite. The output as a whole also needs a relative
+L2 error ||out - ref|| / ||ref|| <= 10·tolerance: element-wise checks alone pass a constant when every |ref| is
+below atol (a softmax over a wide row), and honest reassociation errors are orders of magnitude below that bound
 (fp32: ~sqrt(K)·6e-8 for a length-K reduction, vs 1e-3).
 """
 from __future__ import annotations

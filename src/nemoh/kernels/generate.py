@@ -82,7 +82,8 @@ def _trace(problem: Problem, sample: int, prompt: str, reply: dict | None, error
             "model": cfg.model, "base_url": cfg.base_url,
             "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
                          "enable_thinking": cfg.enable_thinking, "seed": sample},
-            "usage": (reply or {}).get("usage"), "finish_reason": ((reply or {}).get("choices") or [{}])[0].get("finish_reason"),
+            "usage": (reply or {}).get("usage"),
+            "finish_reason": ((reply or {}).get("choices") or [{}])[0].get("finish_reason"),
             "problem_sha256": hashlib.sha256(problem.code.encode()).hexdigest(), "seconds": round(seconds, 3),
             "created": int(time.time())}
 

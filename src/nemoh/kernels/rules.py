@@ -16,7 +16,8 @@ BANNED_NAMES = {"eval", "exec", "compile", "__import__", "getattr", "setattr", "
 # frame, code and generator internals: how a candidate reaches its caller's variables without `sys`
 BANNED_ATTRS = {"f_back", "f_locals", "f_globals", "f_builtins", "f_code", "gi_frame", "cr_frame", "ag_frame",
                 "tb_frame", "tb_next", "co_code", "gi_code", "cr_code", "func_globals", "cpp_extension",
-                "load_inline", "build", "compile_module_from_src", "knobs", "from_numpy", "numpy", "frombuffer", "from_file", "ctypes", "untyped_storage",
+                "load_inline", "build", "compile_module_from_src", "knobs", "from_numpy", "numpy", "frombuffer",
+                "from_file", "ctypes", "untyped_storage",
                 "data_ptr_hook"}
 ALLOWED_DUNDERS = {"__init__", "__name__"}
 
@@ -49,9 +50,11 @@ def findings(tree: ast.AST) -> list[str]:
             out.append(f"declares {type(node).__name__.lower()} names (line {line})")
         elif isinstance(node, ast.ClassDef) and node.name == "ModelNew":
             for base in node.bases:
-                if isinstance(base, ast.Name) and base.id == "Model" or isinstance(base, ast.Attribute) and base.attr == "Model":
+                if (isinstance(base, ast.Name) and base.id == "Model"
+                        or isinstance(base, ast.Attribute) and base.attr == "Model"):
                     out.append("ModelNew subclasses the reference Model")
-        elif isinstance(node, ast.Try) and any(not all(isinstance(s, ast.Raise) for s in h.body) for h in node.handlers):
+        elif isinstance(node, ast.Try) and any(not all(isinstance(s, ast.Raise) for s in h.body)
+                                               for h in node.handlers):
             out.append(f"try/except fallback (line {line})")
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr in ("Stream", "stream", "ExternalStream"):

@@ -72,7 +72,8 @@ class AsyncEngine:
 
     def metrics(self) -> dict[str, int]:
         sched = self.llm.scheduler
-        return {**asdict(self.stats), "num_requests_running": len(self.llm.requests), "num_sequences_running": len(sched.running),
+        return {**asdict(self.stats), "num_requests_running": len(self.llm.requests),
+                "num_sequences_running": len(sched.running),
                 "num_requests_waiting": len(sched.waiting), "num_free_slots": len(sched.free_slots)}
 
     def call(self, fn: Callable[[LLM], Any]) -> asyncio.Future:

@@ -119,7 +119,8 @@ class FunctionDef(_Model):
     def _schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is not None:
             if v.get("type", "object") != "object":
-                raise ValueError(f"type: a function's parameters must be a JSON Schema of type 'object', got {v['type']!r}")
+                raise ValueError(
+                    f"type: a function's parameters must be a JSON Schema of type 'object', got {v['type']!r}")
             check_json_schema(v)
         return v
 
