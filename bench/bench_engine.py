@@ -97,7 +97,8 @@ def main() -> None:
     llm = LLM(model, max_num_seqs=1, max_model_len=args.ttft_len + 8)
     ids = torch.randint(3, V, (1, args.ttft_len), device=device)
     sp = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
-    run_ref = lambda: ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False, pad_token_id=0)
+    run_ref = lambda: ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False,
+                                   pad_token_id=0)
     run_ours = lambda: llm.generate(ids[0].tolist(), sp)
     run_ours(), run_ref()
     t_ref = min(timed(run_ref, device) for _ in range(3))

@@ -63,7 +63,8 @@ def main() -> None:
         return
     print(f"# {platform.node()}, {args.prompt_len}-token prompt, {Path(args.config).name}, float32, CPU, "
           f"address space capped at {args.limit_gb:g} GB per run")
-    print("| max_prefill_tokens | peak RSS above baseline | peak RSS | prefill + 1 token | first token |\n|---|---|---|---|---|")
+    print("| max_prefill_tokens | peak RSS above baseline | peak RSS | prefill + 1 token | first token |\n"
+          "|---|---|---|---|---|")
     for chunk in args.chunks:
         cmd = [sys.executable, __file__, "--config", args.config, "--prompt-len", str(args.prompt_len),
                "--limit-gb", str(args.limit_gb), "--child", chunk]

@@ -102,7 +102,8 @@ async def run_phase(base: str, clients: int, per_client: int, max_tokens: int, w
     lat = sorted(r[0] for r in results)
     ttft = sorted(r[1] for r in results)
     q = statistics.quantiles(lat, n=100)
-    return {"requests": len(results), "req_s": len(results) / wall, "tok_s": sum(r[2] for r in results) * max_tokens / wall,
+    return {"requests": len(results), "req_s": len(results) / wall,
+            "tok_s": sum(r[2] for r in results) * max_tokens / wall,
             "p50": statistics.median(lat), "p99": q[98], "ttft_p50": statistics.median(ttft), "hostile": hostile_sent}
 
 

@@ -33,9 +33,9 @@ def served(tmp_path_factory):
         try:
             urllib.request.urlopen(base + "/health", timeout=1)
             break
-        except OSError:
+        except OSError as e:
             if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read())
+                raise RuntimeError(proc.stdout.read()) from e
             time.sleep(0.1)
     yield path, openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
     proc.terminate()
@@ -54,7 +54,8 @@ def test_agent_loop_with_string_arguments_streamed_and_not(served):
         {"id": "call_1", "type": "function",
          "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris", "days": 2})}}]})
     messages.append({"role": "tool", "tool_call_id": "call_1", "content": "sunny, 22C"})
-    messages.append({"role": "user", "content": [{"type": "text", "text": "Thanks."}, {"type": "text", "text": "Summary?"}]})
+    messages.append({"role": "user",
+                     "content": [{"type": "text", "text": "Thanks."}, {"type": "text", "text": "Summary?"}]})
     final = client.chat.completions.create(model="tiny", messages=messages, tools=TOOLS, max_tokens=6,
                                            temperature=0, seed=1)
     # the server rendered exactly the template's own shapes: its prompt is the normalised rendering

@@ -44,7 +44,8 @@ def test_greedy_equals_plain_forward(llm):
 @pytest.mark.parametrize("temperature", [0.0, 0.7, 1.3])
 def test_logprobs_equal_training_forward(llm, temperature):
     prompt = llm.tokenizer.encode("Logprobs must match")
-    out = llm.generate(prompt, SamplingParams(temperature=temperature, max_tokens=10, seed=5, ignore_eos=True))[0].outputs[0]
+    out = llm.generate(prompt, SamplingParams(temperature=temperature, max_tokens=10, seed=5,
+                                              ignore_eos=True))[0].outputs[0]
     want = _train_logprobs(llm.model, prompt, out.token_ids, temperature or 1.0)
     assert (torch.tensor(out.logprobs) - want).abs().max() < 1e-4
 
@@ -75,7 +76,8 @@ def test_seeds_and_n_samples(llm):
 def test_stops_and_limits(llm):
     base = llm.generate("stop here", SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))[0].outputs[0]
     tok = base.token_ids[5]
-    o = llm.generate("stop here", SamplingParams(temperature=0, max_tokens=20, stop_token_ids=[tok], ignore_eos=True))[0].outputs[0]
+    o = llm.generate("stop here", SamplingParams(temperature=0, max_tokens=20, stop_token_ids=[tok],
+                                                 ignore_eos=True))[0].outputs[0]
     assert o.token_ids == base.token_ids[: base.token_ids.index(tok) + 1] and o.stop_reason == tok
     o = llm.generate("stop here", SamplingParams(temperature=0, max_tokens=20, stop_token_ids=[tok], min_tokens=8,
                                                  ignore_eos=True))[0].outputs[0]
@@ -83,7 +85,8 @@ def test_stops_and_limits(llm):
     text = base.text
     stop = text[6:9]
     if stop and stop.isprintable():
-        o = llm.generate("stop here", SamplingParams(temperature=0, max_tokens=20, stop=[stop], ignore_eos=True))[0].outputs[0]
+        o = llm.generate("stop here", SamplingParams(temperature=0, max_tokens=20, stop=[stop],
+                                                     ignore_eos=True))[0].outputs[0]
         assert o.text == text[: text.find(stop)] and o.finish_reason == "stop" and o.stop_reason == stop
         o = llm.generate("stop here", SamplingParams(temperature=0, max_tokens=20, stop=[stop], ignore_eos=True,
                                                      include_stop_str_in_output=True))[0].outputs[0]

@@ -63,7 +63,8 @@ def test_clear_and_export_messages(tmp_path, capsys):
     assert "no speedup waiting for review" in capsys.readouterr().err
     traces = tmp_path / "t.jsonl"
     problem = (DATA / "problems" / "1_SiLU.py").read_text()
-    traces.write_text(json.dumps({"problem": "nemoh/1_SiLU", "sample": 0, "problem_code": problem, "code": SILU}) + "\n")
+    traces.write_text(json.dumps({"problem": "nemoh/1_SiLU", "sample": 0, "problem_code": problem,
+                                  "code": SILU}) + "\n")
     verdicts.write_text(json.dumps(Verdict("nemoh/1_SiLU", 0, correct=True).to_dict()) + "\n")
     assert cli(["kernels", "export", str(traces), "--verdicts", str(verdicts), "--out", str(tmp_path / "d.jsonl"),
                 "--min-speedup", "1.5"]) == 0

@@ -20,10 +20,10 @@ N_REQUESTS = 240
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}
 COMPLETION = {"model": "tiny", "prompt": "hello", "max_tokens": 2, "temperature": 0}
 FIELDS = ["model", "messages", "prompt", "n", "temperature", "top_p", "top_k", "min_p", "max_tokens",
-          "max_completion_tokens", "min_tokens", "stop", "stop_token_ids", "seed", "stream", "stream_options", "logprobs",
-          "top_logprobs", "tools", "tool_choice", "chat_template_kwargs", "ignore_eos", "skip_special_tokens",
-          "max_thinking_tokens", "presence_penalty", "logit_bias", "echo", "best_of", "response_format", "user",
-          "include_stop_str_in_output", "separate_reasoning", "unknown_field"]
+          "max_completion_tokens", "min_tokens", "stop", "stop_token_ids", "seed", "stream", "stream_options",
+          "logprobs", "top_logprobs", "tools", "tool_choice", "chat_template_kwargs", "ignore_eos",
+          "skip_special_tokens", "max_thinking_tokens", "presence_penalty", "logit_bias", "echo", "best_of",
+          "response_format", "user", "include_stop_str_in_output", "separate_reasoning", "unknown_field"]
 
 
 def _values(rng: random.Random) -> list:
@@ -31,7 +31,8 @@ def _values(rng: random.Random) -> list:
     for _ in range(rng.choice([10, 70, 300])):
         deep = [deep]
     return [None, True, False, 0, 1, 3, -1, 2**31, 2**64, -2**63 - 1, 10**30, 0.5, -0.0, 1e308, 2.5, float("nan"),
-            float("inf"), "", "x", "5", "false", "\ud800", "\x00", "é" * 3, "x" * 5000, [], [1], [1, 10**9], ["a"], [""],
+            float("inf"), "", "x", "5", "false", "\ud800", "\x00", "é" * 3, "x" * 5000, [], [1], [1, 10**9], ["a"],
+            [""],
             [{"type": "text", "text": "hi"}], [{"type": "image_url"}], {}, {"a": 1}, {"include_usage": True},
             {"type": "function", "function": {"name": "f"}}, deep]
 

@@ -12,9 +12,11 @@ TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "
 
 
 def test_parse_typed_arguments():
-    text = ("Let me check.\n<tool_call>\n<function=f>\n<parameter=s>\n42\n</parameter>\n<parameter=i>\n7\n</parameter>\n"
+    text = ("Let me check.\n<tool_call>\n<function=f>\n<parameter=s>\n42\n</parameter>\n"
+            "<parameter=i>\n7\n</parameter>\n"
             "<parameter=x>\n2.5\n</parameter>\n<parameter=b>\nFalse\n</parameter>\n"
-            "<parameter=o>\n{'k': True, 'n': None}\n</parameter>\n<parameter=a>\n[1, 2]\n</parameter>\n</function>\n</tool_call>")
+            "<parameter=o>\n{'k': True, 'n': None}\n</parameter>\n<parameter=a>\n[1, 2]\n</parameter>\n"
+            "</function>\n</tool_call>")
     content, calls = parse_tool_calls(text, TOOLS)
     assert content == "Let me check."
     args = json.loads(calls[0]["function"]["arguments"])
@@ -99,7 +101,8 @@ def test_tool_parser_survives_malformed_schemas(tools):
 
 @pytest.mark.parametrize("raw,param", [
     (b"[" * 3000 + b"]" * 3000, "body"), (b'{"a": NaN}', "body"), (b'{"a": Infinity}', "body"),
-    (b'{"a": "\\ud800"}', "a"), (b'{"a": {"\\udfff": 1}}', "a"), (b"\xff\xfe{}", "body"), (b'{"a": 1' + b"0" * 5000 + b"}", "body"),
+    (b'{"a": "\\ud800"}', "a"), (b'{"a": {"\\udfff": 1}}', "a"), (b"\xff\xfe{}", "body"),
+    (b'{"a": 1' + b"0" * 5000 + b"}", "body"),
     (b'{"x": ' + b'{"y": ' * 70 + b"1" + b"}" * 71, "x.y.y.y"),
 ])
 def test_parse_json_rejects_with_the_place(raw, param):
@@ -136,11 +139,14 @@ USER = [{"role": "user", "content": "hi"}]
     ({"messages": USER, "temperature": "hot"}, "temperature"), ({"messages": USER, "top_p": 0}, "top_p"),
     ({"messages": USER, "seed": 2**64}, "seed"), ({"messages": USER, "max_tokens": 0}, "max_tokens"),
     ({"messages": USER, "max_tokens": 5.0}, "max_tokens"), ({"messages": USER, "stop": [""]}, "stop"),
-    ({"messages": USER, "stop": ["a"] * 33}, "stop"), ({"messages": USER, "stop_token_ids": ["a"]}, "stop_token_ids[0]"),
-    ({"messages": USER, "stop_token_ids": [-1]}, "stop_token_ids[0]"), ({"messages": USER, "top_logprobs": 3}, "top_logprobs"),
+    ({"messages": USER, "stop": ["a"] * 33}, "stop"),
+    ({"messages": USER, "stop_token_ids": ["a"]}, "stop_token_ids[0]"),
+    ({"messages": USER, "stop_token_ids": [-1]}, "stop_token_ids[0]"),
+    ({"messages": USER, "top_logprobs": 3}, "top_logprobs"),
     ({"messages": USER, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"messages": USER, "stream_options": {"include_usage": True}}, "stream_options"),
-    ({"messages": USER, "presence_penalty": 0.5}, "presence_penalty"), ({"messages": USER, "logit_bias": {"1": 2}}, "logit_bias"),
+    ({"messages": USER, "presence_penalty": 0.5}, "presence_penalty"),
+    ({"messages": USER, "logit_bias": {"1": 2}}, "logit_bias"),
     ({"messages": USER, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]},
      "tools[0].function.parameters"),
     ({"messages": USER, "tools": [{"type": "function", "function": {"name": "f", "parameters": {
@@ -230,4 +236,5 @@ def test_abort_request_frees_slots_at_next_step(tiny_llm):
     assert len(tiny_llm.scheduler.free_slots) == 5
     tiny_llm.abort_request(rid)          # thread-safe: applied when the next step starts
     tiny_llm.step()
-    assert not tiny_llm.scheduler.has_work() and len(tiny_llm.scheduler.free_slots) == 8 and rid not in tiny_llm.requests
+    assert (not tiny_llm.scheduler.has_work() and len(tiny_llm.scheduler.free_slots) == 8
+            and rid not in tiny_llm.requests)

@@ -28,9 +28,9 @@ def server(tmp_path_factory):
         try:
             urllib.request.urlopen(base + "/health", timeout=1)
             break
-        except OSError:
+        except OSError as e:
             if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read())
+                raise RuntimeError(proc.stdout.read()) from e
             time.sleep(0.1)
     yield base
     proc.terminate()
@@ -77,7 +77,8 @@ def test_chat_reasoning_split(client):
 def test_chat_reasoning_off(client):
     r = client.chat.completions.create(model="tiny", messages=SCRIPTS[1][0], temperature=0, max_tokens=100,
                                        extra_body={"chat_template_kwargs": {"enable_thinking": False}})
-    assert r.choices[0].message.content == "Hi! Short answer." and not getattr(r.choices[0].message, "reasoning_content", None)
+    assert (r.choices[0].message.content == "Hi! Short answer."
+            and not getattr(r.choices[0].message, "reasoning_content", None))
 
 
 @pytest.mark.parametrize("thinking", [True, False])
@@ -130,11 +131,13 @@ def test_completions_n_stop_logprobs(client):
     again = client.completions.create(model="tiny", prompt="Hello", max_tokens=8, n=3, temperature=1.0, seed=7)
     assert [c.text for c in r.choices] == [c.text for c in again.choices]
     chat = client.chat.completions.create(model="tiny", messages=SCRIPTS[1][0], temperature=0, max_tokens=100,
-                                          stop=["Short"], extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+                                          stop=["Short"],
+                                          extra_body={"chat_template_kwargs": {"enable_thinking": False}})
     assert chat.choices[0].message.content == "Hi! " and chat.choices[0].finish_reason == "stop"
     streamed = "".join(c.choices[0].text for c in client.completions.create(
         model="tiny", prompt="Hello", max_tokens=8, temperature=0, stream=True))
-    assert streamed == client.completions.create(model="tiny", prompt="Hello", max_tokens=8, temperature=0).choices[0].text
+    assert streamed == client.completions.create(model="tiny", prompt="Hello", max_tokens=8,
+                                                 temperature=0).choices[0].text
     stream = client.chat.completions.create(model="tiny", messages=SCRIPTS[1][0], temperature=0, max_tokens=100,
                                             stop=["Short"], stream=True,
                                             extra_body={"chat_template_kwargs": {"enable_thinking": False}})
@@ -143,7 +146,8 @@ def test_completions_n_stop_logprobs(client):
 
 def test_concurrent_requests(client):
     def one(i):
-        return client.completions.create(model="tiny", prompt=f"request {i}", max_tokens=12, temperature=0).choices[0].text
+        return client.completions.create(model="tiny", prompt=f"request {i}", max_tokens=12,
+                                         temperature=0).choices[0].text
     with ThreadPoolExecutor(6) as pool:
         parallel = list(pool.map(one, range(6)))
     assert parallel == [one(i) for i in range(6)]
@@ -197,7 +201,8 @@ def _sse(text: str) -> list[dict]:
 
 def test_error_contract_for_every_route(server):
     with httpx.Client(base_url=server, timeout=60) as c:
-        for method, route, status in [("GET", "/nope", 404), ("POST", "/v1/nope", 404), ("GET", "/v1/chat/completions", 405),
+        for method, route, status in [("GET", "/nope", 404), ("POST", "/v1/nope", 404),
+                                      ("GET", "/v1/chat/completions", 405),
                                       ("DELETE", "/v1/completions", 405), ("PUT", "/health", 405)]:
             r = c.request(method, route)
             assert r.status_code == status and _error_shape(status, r.text)["type"]
@@ -236,9 +241,10 @@ HOSTILE = [  # each used to fail the engine step, a concurrent good request, or 
     ("/v1/completions", {"prompt": "x", "seed": 2**64, "max_tokens": 5}),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "\ud800"}]}),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "weather"}], "max_tokens": 30, "temperature": 0,
-                              "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
-                                                                                                       "properties": []}}}]}),
-    ("/v1/completions", {"prompt": "long", "max_tokens": 300, "n": 4, "ignore_eos": True, "temperature": 1.5, "seed": 1}),
+                              "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+                                  "type": "object", "properties": []}}}]}),
+    ("/v1/completions", {"prompt": "long", "max_tokens": 300, "n": 4, "ignore_eos": True, "temperature": 1.5,
+                         "seed": 1}),
     ("/v1/completions", {"prompt": "x", "temperature": 1e-30, "max_tokens": 20, "logprobs": 20, "top_k": 2**31 - 1}),
 ]
 
@@ -344,7 +350,8 @@ def test_streams_are_complete_and_equal_under_load(server):
                 continue
             msg = ch["message"]
             assert got["text"] == (msg["content"] or "") and got["reasoning"] == (msg["reasoning_content"] or "")
-            calls = [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in msg.get("tool_calls") or []]
+            calls = [(c["function"]["name"], json.loads(c["function"]["arguments"]))
+                     for c in msg.get("tool_calls") or []]
             assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in got["calls"]] == calls
             assert [e["token"] for e in got["lp"]] == [e["token"] for e in ch["logprobs"]["content"]]
     tool_job = [s for (_, b, chat), s in zip(jobs, streamed) if chat and b.get("tools")][0][0]

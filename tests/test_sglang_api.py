@@ -25,9 +25,9 @@ def start_server(path, port, *extra):
         try:
             httpx.get(base + "/health", timeout=1)
             return proc, base
-        except httpx.TransportError:
+        except httpx.TransportError as e:
             if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read())
+                raise RuntimeError(proc.stdout.read()) from e
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError("server did not start")
@@ -131,7 +131,8 @@ def test_weight_reload_from_disk(server, ckpt, tmp_path):
     r = httpx.post(server + "/update_weights_from_disk", json={"model_path": str(other), "weight_version": "7"},
                    timeout=60)
     assert r.status_code == 200 and r.json()["success"] is True
-    after = gen(server, sampling_params={"max_new_tokens": 6, "temperature": 0}, return_logprob=True, logprob_start_len=0)[1]
+    after = gen(server, sampling_params={"max_new_tokens": 6, "temperature": 0}, return_logprob=True,
+                logprob_start_len=0)[1]
     model = NemotronHForCausalLM.from_pretrained(other, dtype=torch.float32)
     assert np.allclose([r[0] for r in after["meta_info"]["input_token_logprobs"][1:]],
                        sequence_logprobs(model, PROMPT), atol=1e-5)
