@@ -90,10 +90,15 @@ def main() -> None:
                         logits = logits_of(m)  # next-token cross-entropy: a real training loss
                         torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
                                                           ids[:, 1:].flatten()).backward()
-                t_ref = time_fn(lambda: step(ref.train(mode != "forward"), lambda m: m(ids, use_cache=False).logits),
-                                device, args.iters)
-                t_ours = time_fn(lambda: step(ours.train(mode != "forward"), lambda m: m(ids).logits), device, args.iters)
-                t_comp = time_fn(lambda: step(ours_c.train(mode != "forward"), lambda m: m(ids).logits), device, args.iters)
+
+                def timed(model, logits_of):
+                    # the model is an argument, not a free name: the closure must not refer to `ref`/`ours`/`ours_c`,
+                    # which are deleted at the end of each dtype's iteration
+                    return time_fn(lambda: step(model.train(mode != "forward"), logits_of), device, args.iters)
+
+                t_ref = timed(ref, lambda m: m(ids, use_cache=False).logits)
+                t_ours = timed(ours, lambda m: m(ids).logits)
+                t_comp = timed(ours_c, lambda m: m(ids).logits)
                 flops = fpt * tokens * (1 if mode == "forward" else 3)
                 rows.append((mode, tokens / t_ref, tokens / t_ours, tokens / t_comp, t_ref / t_ours, t_ref / t_comp,
                              flops / t_ours / peak, flops / t_comp / peak))
@@ -102,7 +107,8 @@ def main() -> None:
                   "| compiled / transformers | share of matmul peak (eager, compiled) |")
             print("|---|---|---|---|---|---|---|")
             for mode, a, b, c, r, rc, share, share_c in rows:
-                print(f"| {mode} | {a:,.0f} | {b:,.0f} | {c:,.0f} | {r:.2f}x | {rc:.2f}x | {share:.0%}, {share_c:.0%} |")
+                print(f"| {mode} | {a:,.0f} | {b:,.0f} | {c:,.0f} | {r:.2f}x | {rc:.2f}x "
+                      f"| {share:.0%}, {share_c:.0%} |")
             del ref, ours, ours_c
 
 

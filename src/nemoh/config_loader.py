@@ -12,8 +12,8 @@ import dataclasses
 import json
 import types
 import typing
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import tomllib

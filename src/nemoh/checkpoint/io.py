@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -74,7 +74,7 @@ def iter_hub_tensors(path: Path) -> Iterator[tuple[str, Tensor, str]]:
                     if dequantize is not None:
                         stem = key[: -len("weight")]
 
-                        def side(name: str, f=f, stem=stem) -> Tensor | None:
+                        def side(name: str, f=f, stem=stem, keys=keys) -> Tensor | None:
                             return f.get_tensor(stem + name) if stem + name in keys else None
                         try:
                             t = dequantize(t, side)
@@ -149,7 +149,8 @@ def load_state_dict_into(model: nn.Module, path: str | Path, strict: bool = True
     if misshaped:
         problems.append(f"mis-shaped tensors ({len(misshaped)}): {misshaped[:20]}")
     if unexpected and strict:
-        problems.append(f"unexpected tensors ({len(unexpected)}): {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}")
+        more = " ..." if len(unexpected) > 20 else ""
+        problems.append(f"unexpected tensors ({len(unexpected)}): {unexpected[:20]}{more}")
     if problems:
         raise ValueError(f"{path}: checkpoint does not match the config:\n  " + "\n  ".join(problems))
 
@@ -213,8 +214,8 @@ def save_pretrained(model: nn.Module, path: str | Path, max_shard_size: int | st
             total = sum(t.numel() * t.element_size() for _, t in tensors)
             (tmp / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
                                                      indent=2, sort_keys=True))
-        cfg = model.config.to_dict()
-        cfg["dtype"] = str(dtype or model.lm_head.weight.dtype).replace("torch.", "")
+        cfg = cast(NemotronHConfig, model.config).to_dict()
+        cfg["dtype"] = str(dtype or cast(nn.Linear, model.lm_head).weight.dtype).replace("torch.", "")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
         src = Path(tokenizer_dir) if tokenizer_dir is not None else getattr(model, "source_dir", None)
         if src is not None:
@@ -234,7 +235,7 @@ _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)(?:-.*)?|[^-
 def remove_stale_temps(parent: Path, name: str | None = None) -> list[Path]:
     """Delete the temp directories that killed saves (of `name`, or of any checkpoint) left in `parent`: those whose
     writing process is gone. Returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     if not parent.is_dir():
         return removed
     for p in parent.iterdir():

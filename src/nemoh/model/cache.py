@@ -43,7 +43,8 @@ class HybridCache:
         s = self.slots.tolist()
         first = 0 if static else s[0]
         # a contiguous run of slots is read and updated through a view: no gather/scatter of the states
-        self.index: slice | Tensor = slice(first, first + len(s)) if s == list(range(first, first + len(s))) else self.slots
+        contiguous = s == list(range(first, first + len(s)))
+        self.index = slice(first, first + len(s)) if contiguous else self.slots
         self.new_tokens = lengths if lengths is not None else num_new
         longest = int((self.lengths[self.slots] + (num_new if lengths is None else lengths)).max())
         if longest > self.max_seq_len:

@@ -155,12 +155,14 @@ class NemotronHConfig:
             positive("n_routed_experts", "num_experts_per_tok", "moe_intermediate_size",
                      "moe_shared_expert_intermediate_size", "n_group", "topk_group")
             if self.n_routed_experts % self.n_group:
-                raise ValueError(f"n_routed_experts: {self.n_routed_experts} is not divisible by n_group={self.n_group}")
+                raise ValueError(f"n_routed_experts: {self.n_routed_experts} is not divisible by "
+                                 f"n_group={self.n_group}")
             if self.topk_group > self.n_group:
                 raise ValueError(f"topk_group: {self.topk_group} exceeds n_group={self.n_group}")
             per_group = self.n_routed_experts // self.n_group
             if self.n_group > 1 and per_group < 2:
-                raise ValueError(f"n_group: {self.n_group} leaves fewer than 2 experts per group (group score is a top-2 sum)")
+                raise ValueError(f"n_group: {self.n_group} leaves fewer than 2 experts per group "
+                                 "(group score is a top-2 sum)")
             if self.num_experts_per_tok > self.topk_group * per_group:
                 raise ValueError(
                     f"num_experts_per_tok: {self.num_experts_per_tok} exceeds the {self.topk_group * per_group} "

@@ -11,7 +11,8 @@ def flops_per_token(c: NemotronHConfig, seq: int) -> float:
         if kind == "mamba":
             macs += D * (c.mamba_intermediate + c.mamba_conv_dim + c.mamba_num_heads) + c.mamba_intermediate * D
             # SSD: intra-chunk C·B and y, chunk states, state output (per token, approximately)
-            macs += c.mamba_num_heads * (c.chunk_size * (c.ssm_state_size / (c.mamba_num_heads // c.n_groups) + c.mamba_head_dim)
+            macs += c.mamba_num_heads * (c.chunk_size * (c.ssm_state_size / (c.mamba_num_heads // c.n_groups)
+                                                         + c.mamba_head_dim)
                                          + 2 * c.mamba_head_dim * c.ssm_state_size)
         elif kind == "attention":
             hd = c.head_dim

@@ -18,7 +18,7 @@ def greedy_generate(model: NemotronHForCausalLM, input_ids: Tensor, max_new_toke
     eos = torch.tensor(eos_token_ids or [], dtype=torch.long, device=input_ids.device)
     done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
     logits = model(input_ids, cache=cache, logits_to_keep=1).logits[:, -1]
-    out = []
+    out: list[Tensor] = []
     for _ in range(max_new_tokens):
         nxt = logits.argmax(-1)
         if out and eos.numel():

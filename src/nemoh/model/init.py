@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
+
+from .config import NemotronHConfig
 
 
 @torch.no_grad()
@@ -13,13 +16,14 @@ def init_weights(model: nn.Module) -> None:
     (dt sampled log-uniformly in [time_step_min, time_step_max], stored through the inverse softplus)."""
     from .mamba import Mamba2Mixer
     from .moe import Experts, Router
-    c = model.config
+    c = cast(NemotronHConfig, model.config)
     std = c.initializer_range
     for mod in model.modules():
         if isinstance(mod, (nn.Linear, nn.Embedding)):
             nn.init.normal_(mod.weight, std=std)
-            if getattr(mod, "bias", None) is not None:
-                nn.init.zeros_(mod.bias)
+            bias = getattr(mod, "bias", None)
+            if bias is not None:
+                nn.init.zeros_(bias)
         elif isinstance(mod, Router):
             nn.init.normal_(mod.weight, std=std)
             nn.init.zeros_(mod.e_score_correction_bias)

@@ -20,7 +20,7 @@ class _ShiftConv(torch.autograd.Function):
     buffer, channels-last. Hand-written backward: autograd on slices would zero-fill a full-size gradient per tap."""
 
     @staticmethod
-    def forward(ctx, xp: Tensor, w: Tensor, bias: Tensor | None, mask: Tensor | None) -> Tensor:  # type: ignore[override]
+    def forward(ctx, xp: Tensor, w: Tensor, bias: Tensor | None, mask: Tensor | None) -> Tensor:
         K = w.shape[-1]
         T = xp.shape[1] - K + 1
         out = torch.empty_like(xp[:, :T]) if bias is None else bias.to(xp.dtype).expand_as(xp[:, :T]).clone()
@@ -34,7 +34,7 @@ class _ShiftConv(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
+    def backward(ctx, g: Tensor):
         xp, w, mask = ctx.saved_tensors
         K = w.shape[-1]
         T = g.shape[1]
@@ -139,6 +139,7 @@ def mamba_inner(zxbcdt: Tensor, conv_w: Tensor, conv_b: Tensor | None, dt_bias: 
         dt = dt * (torch.arange(T, device=dt.device) < lengths[:, None])[..., None]
     A = -torch.exp(A_log.float())
     if decode:
+        assert ssm_state is not None  # decode only with a cache, which always passes its SSM state
         y, ssm_state = ssd_step(ssm_state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D.float())
         y = y[:, None]
     else:

@@ -80,7 +80,7 @@ class MTPLayer(Block):
         if last:
             self.final_layernorm = RMSNorm(D, eps)
 
-    def forward(self, h: Tensor, ctx: ForwardContext, emb: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, h: Tensor, ctx: ForwardContext, emb: Tensor | None = None) -> Tensor:
         if self.first:
             h = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h)], dim=-1))
         h = super().forward(h, ctx)
@@ -132,7 +132,8 @@ class NemotronHForCausalLM(nn.Module):
         """input_ids (b,T). Packed documents: `cu_seqlens` (one row) or `seq_idx` (b,T). Decode: `cache` (+ rows
         `cache_slots`; right-padded rows give their real `lengths` (b,) and get logits for their last real token only,
         (b,1,V)). R3: `routed_experts` (m,b,T,k) replaces each MoE layer's top-k (positions holding -1 keep the
-        router's own choice); `return_routing` returns the chosen ids in the same layout. `logits_to_keep=n` computes logits for the last n positions only."""
+        router's own choice); `return_routing` returns the chosen ids in the same layout. `logits_to_keep=n` computes
+        logits for the last n positions only."""
         b, T = input_ids.shape
         if cu_seqlens is not None:
             if b != 1:
@@ -149,7 +150,8 @@ class NemotronHForCausalLM(nn.Module):
             replay = {layer: routed_experts[j].reshape(b * T, k) for j, layer in enumerate(self.moe_layers)}
         if lengths is not None and cache is None:
             raise ValueError("lengths: right-padded rows are only supported with a cache (prefill)")
-        ctx = ForwardContext(seq_idx=seq_idx, lengths=lengths, cache=cache, replay=replay, capture_routing=return_routing)
+        ctx = ForwardContext(seq_idx=seq_idx, lengths=lengths, cache=cache, replay=replay,
+                             capture_routing=return_routing)
         if cache is not None:
             cache.begin(cache_slots, T, lengths)
         h = self.backbone(input_ids, ctx)

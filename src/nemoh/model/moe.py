@@ -50,7 +50,8 @@ class Router(nn.Module):
             ids = select_experts(scores, self.e_score_correction_bias.float(), self.k, self.n_group, self.topk_group)
         if replay_ids is not None:
             if replay_ids.shape != (x.shape[0], self.k):
-                raise ValueError(f"routed_experts: expected shape {(x.shape[0], self.k)} for this layer, got {tuple(replay_ids.shape)}")
+                raise ValueError(f"routed_experts: expected shape {(x.shape[0], self.k)} for this layer, "
+                                 f"got {tuple(replay_ids.shape)}")
             # rows of -1 (e.g. the last token, which the rollout never fed) keep the live choice
             replay_ids = replay_ids.to(device=x.device, dtype=torch.long)
             ids = torch.where(replay_ids[:, :1] >= 0, replay_ids, ids)
@@ -162,7 +163,7 @@ class MoE(nn.Module):
         self.experts = Experts(c)
         self.shared_experts = MLP(c.hidden_size, c.moe_shared_expert_intermediate_size, c.mlp_bias)
         self.latent = c.moe_latent_size is not None
-        if self.latent:
+        if c.moe_latent_size is not None:  # == self.latent
             self.fc1_latent_proj = nn.Linear(c.hidden_size, c.moe_latent_size, bias=c.mlp_bias)
             self.fc2_latent_proj = nn.Linear(c.moe_latent_size, c.hidden_size, bias=c.mlp_bias)
 

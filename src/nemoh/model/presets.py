@@ -3,10 +3,11 @@ them field by field against the published values) and tiny debug models."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .config import NemotronHConfig, parse_pattern
 
-_COMMON = dict(vocab_size=131072, conv_kernel=4, ssm_state_size=128, n_groups=8, mamba_head_dim=64,
+_COMMON: dict[str, Any] = dict(vocab_size=131072, conv_kernel=4, ssm_state_size=128, n_groups=8, mamba_head_dim=64,
                head_dim=128, num_attention_heads=32, num_key_value_heads=2, n_group=1, topk_group=1,
                norm_topk_prob=True, bos_token_id=1, pad_token_id=0)
 

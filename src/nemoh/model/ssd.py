@@ -63,7 +63,8 @@ def ssd_scan(
     states = torch.einsum("bclgn,bgrcl,bclgrp->bcgrpn", Bc, decay_to_end, xc)
 
     # 3. pass states across chunks: start_state[j] = sum_{i<=j} decay(i->j) * [init, states][i]
-    init = initial_state.float().view(b, 1, G, r, P, N) if initial_state is not None else states.new_zeros(b, 1, G, r, P, N)
+    init = (initial_state.float().view(b, 1, G, r, P, N) if initial_state is not None
+            else states.new_zeros(b, 1, G, r, P, N))
     states = torch.cat([init, states], dim=1)                              # (b,c+1,G,r,P,N)
     chunk_a_cs = torch.cumsum(F.pad(a_cs[..., -1], (1, 0)), dim=-1)       # (b,G,r,c+1)
     chunk_mask = torch.ones(c + 1, c + 1, dtype=torch.bool, device=x.device).tril()

@@ -9,6 +9,8 @@ gradient and routing replay (R3) works unchanged: replayed ids are dispatched li
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -65,4 +67,5 @@ def apply_ep(model: nn.Module, group: dist.ProcessGroup) -> None:
                 p = getattr(m, attr)
                 setattr(m, attr, nn.Parameter(specs[f"{name}.{attr}"].local(p.data, rank, size)))
             m.__class__ = ExpertParallelExperts
-            m.ep_group, m.first = group, rank * m.up_proj.shape[0]
+            ep = cast(ExpertParallelExperts, m)  # the class switch above
+            ep.ep_group, ep.first = group, rank * ep.up_proj.shape[0]

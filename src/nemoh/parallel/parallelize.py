@@ -8,11 +8,17 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from ..model.config import NemotronHConfig
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+
+    from ..model.model import NemotronHForCausalLM
 
 
 @dataclass
@@ -77,12 +83,13 @@ class Layout:
     only in tp see the same tokens; the `dp_replicate x dp_shard x ep` ranks (the data ranks) each read their own
     share of a step."""
     cfg: ParallelConfig
-    mesh: object | None = None               # DeviceMesh, None in a single process
+    mesh: DeviceMesh | None = None           # None in a single process
 
     def size(self, dim: str) -> int:
         return 1 if self.mesh is None else self.mesh[dim].size()
 
     def group(self, dim: str):
+        assert self.mesh is not None  # callers check mesh / the dim's size first
         return self.mesh[dim].get_group()
 
     @property
@@ -139,6 +146,8 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int, layout: 
     if layout is None:
         layout = build_layout(cfg, world_size, getattr(model, "config", None))
     cfg, mesh = layout.cfg, layout.mesh
+    assert mesh is not None  # build_layout always builds a mesh
+    lm = cast("NemotronHForCausalLM", model)
     hsdp = cfg.dp_replicate > 1                                   # then FSDP meshes are 2-D: (replicate, shard)
     dense_mesh = mesh["dp_replicate", "dp_shard_ep"] if hsdp else mesh["dp_shard_ep"]
     expert_mesh = mesh["dp_replicate", "dp_shard"] if hsdp else mesh["dp_shard"]
@@ -147,7 +156,7 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int, layout: 
     if cfg.ep > 1:
         apply_ep(model, layout.group("ep"))
     if cfg.activation_checkpointing:
-        model.set_gradient_checkpointing(True)
+        lm.set_gradient_checkpointing(True)
     kwargs: dict = {}
     if cfg.mixed_precision:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -159,7 +168,8 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int, layout: 
     # replicated over the data ranks, their gradients summed by sync_replicated_grads (called by clip_grad_norm)
     fp32 = {p for n, p in model.named_parameters() if n.endswith(FP32_PARAM_SUFFIXES)}
     sharded = []
-    blocks = list(model.backbone.layers) + (list(model.mtp.layers) if getattr(model, "mtp", None) else [])
+    mtp = getattr(model, "mtp", None)
+    blocks = list(lm.backbone.layers) + (list(mtp.layers) if mtp else [])
     for block in blocks:
         for m in block.modules():  # experts first, over dp_shard only: ep already splits them
             if isinstance(m, Experts):
@@ -169,5 +179,6 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int, layout: 
     for m in sharded:  # a plain SUM (gloo has no PREMUL_SUM)
         m.set_gradient_divide_factor(1.0)
         m.set_force_sum_reduction_for_comms(True)
-    model.parallel_layout = layout
+    # nn.Module.__setattr__ is typed for tensors and modules only; a plain attribute is fine at runtime
+    model.parallel_layout = layout  # type: ignore[assignment]
     return layout

@@ -35,7 +35,8 @@ def plan_memory(config: NemotronHConfig, gpus: int, gpu_mem_gib: float, tp: int 
         raise ValueError(f"--gpus: {gpus} is not divisible by dp_replicate x tp x ep = {dp_replicate * tp * ep}")
     with torch.device("meta"):
         model = NemotronHForCausalLM(config)
-    expert = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n or n.endswith(("experts.up_proj", "experts.down_proj")))
+    expert = sum(p.numel() for n, p in model.named_parameters()
+                 if ".experts." in n or n.endswith(("experts.up_proj", "experts.down_proj")))
     dense = model.num_parameters() - expert
     # experts split over ep (and sharded over the rest), everything else sharded over all GPUs (FSDP) / tp;
     # HSDP shards within a group of gpus / dp_replicate and keeps a full copy per group

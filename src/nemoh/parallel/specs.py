@@ -8,6 +8,7 @@ the segment sizes in the canonical (Hub) layout.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ class ShardSpec:
 
 def shard_specs(model: nn.Module) -> dict[str, ShardSpec]:
     """name -> ShardSpec for every parameter that tp or ep splits (the rest are replicated over both)."""
-    c: NemotronHConfig = model.config
+    c = cast(NemotronHConfig, model.config)
     I, H, GN = c.mamba_intermediate, c.mamba_num_heads, c.n_groups * c.ssm_state_size
     specs: dict[str, ShardSpec] = {}
 

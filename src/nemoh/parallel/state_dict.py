@@ -9,6 +9,7 @@ FSDP-sharded tensor; torch.distributed.checkpoint then reshards between any two 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, TypeGuard
 
 import torch
 import torch.distributed as dist
@@ -17,8 +18,11 @@ from torch import Tensor, nn
 from .parallelize import layout_of
 from .specs import ShardSpec, shard_specs
 
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
-def _is_dtensor(t) -> bool:
+
+def _is_dtensor(t: object) -> TypeGuard[DTensor]:
     return hasattr(t, "full_tensor")
 
 
@@ -49,7 +53,8 @@ def _pieces(model: nn.Module, name: str, t: Tensor, specs: dict[str, ShardSpec])
     spec = specs[name]
     local = t.full_tensor() if _is_dtensor(t) else t             # this tp/ep rank's whole share
     segs = local.split(spec.local_parts(n), spec.dim)
-    mesh = layout_of(model).mesh[spec.group] if n > 1 else None
+    layout = layout_of(model)
+    mesh = layout.mesh[spec.group] if n > 1 and layout.mesh is not None else None  # n > 1: there is a mesh
     out = {}
     for key, seg in zip(_keys(model, name, specs), segs):
         seg = seg.contiguous()
@@ -126,8 +131,7 @@ def full_state_dict(model: nn.Module, grads: bool = False) -> dict[str, Tensor]:
     for name, t in items:
         pieces = _pieces(model, name, t, specs)
         full = [p.full_tensor() if _is_dtensor(p) else p for p in pieces.values()]
-        spec = specs.get(name)
-        out[name] = (full[0] if len(full) == 1 else torch.cat(full, spec.dim)).detach().cpu()
+        out[name] = (full[0] if len(full) == 1 else torch.cat(full, specs[name].dim)).detach().cpu()
     return out
 
 

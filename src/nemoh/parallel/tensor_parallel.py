@@ -25,12 +25,12 @@ from .specs import shard_specs
 
 class _CopyToTP(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, group) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, group) -> Tensor:
         ctx.group = group
         return x
 
     @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
+    def backward(ctx, g: Tensor):
         g = g.contiguous().clone()
         dist.all_reduce(g, group=ctx.group)
         return g, None
@@ -38,13 +38,13 @@ class _CopyToTP(torch.autograd.Function):
 
 class _ReduceFromTP(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, group) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, group) -> Tensor:
         x = x.contiguous().clone()
         dist.all_reduce(x, group=group)
         return x
 
     @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
+    def backward(ctx, g: Tensor):
         return g, None
 
 

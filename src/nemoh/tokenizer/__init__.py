@@ -7,4 +7,5 @@ from .tiny import (
 )
 from .tokenizer import Tokenizer
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "Tokenizer", "normalize_messages", "build_tiny_tokenizer", "save_tiny_tokenizer"]
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "Tokenizer", "normalize_messages", "build_tiny_tokenizer",
+           "save_tiny_tokenizer"]

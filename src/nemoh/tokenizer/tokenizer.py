@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer as _HFTokenizer
 
 from .messages import normalize_messages
+
+if TYPE_CHECKING:
+    from jinja2 import Template
 
 THINK_START, THINK_END = "<think>", "</think>"
 
@@ -25,7 +28,7 @@ class Tokenizer:
         self._tok = tok
         self.config = config
         self.chat_template = chat_template
-        self._template = None
+        self._template: Template | None = None
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
         self.special_ids = set(tok.get_added_tokens_decoder())
         self.eos_token = _content(config.get("eos_token"))
@@ -60,10 +63,12 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict[str, Any]], tools: list[dict] | None = None,
                             add_generation_prompt: bool = True, **kwargs: Any) -> str:
         if not self.chat_template:
-            raise ValueError("tokenizer: this checkpoint has no chat template (tokenizer_config.json chat_template)")
+            raise ValueError("tokenizer: this checkpoint has no chat template "
+                             "(tokenizer_config.json chat_template)")
         if self._template is None:
             from jinja2.sandbox import ImmutableSandboxedEnvironment
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                extensions=["jinja2.ext.loopcontrols"])
             env.filters["tojson"] = _tojson
             env.filters["fromjson"] = json.loads
             env.globals["raise_exception"] = _raise
@@ -71,8 +76,8 @@ class Tokenizer:
             self._template = env.from_string(self.chat_template)
         special = {k: _content(v) for k, v in self.config.items() if k.endswith("_token")}
         # the one place every rendering passes: server, chat datasets, LLM.chat/generate
-        return self._template.render(messages=normalize_messages(messages), tools=tools, add_generation_prompt=add_generation_prompt,
-                                     **special, **kwargs)
+        return self._template.render(messages=normalize_messages(messages), tools=tools,
+                                     add_generation_prompt=add_generation_prompt, **special, **kwargs)
 
 
 def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
