@@ -74,7 +74,9 @@ def test_every_shipped_solution_passes(judged):
     for p in solutions:
         v = verdicts[p]
         assert v.correct and v.failure is None and v.launches >= 1 and not v.flags, (p, v.detail, v.flags)
-        assert v.max_abs_err is not None and v.max_abs_err < 1e-3 and v.mode == "interpret"
+        # relative, not absolute: the x8 input trials scale a matmul's outputs by 64 (its absolute fp32 error with
+        # them, 1.2e-3 measured); a correct fp32 kernel differs from eager only by summation order (~1e-7 relative)
+        assert v.rel_l2_err is not None and v.rel_l2_err < 1e-5 and v.mode == "interpret", (p, v.rel_l2_err)
 
 
 @pytest.mark.slow
