@@ -69,7 +69,8 @@ def judged(tmp_path_factory):
 @pytest.mark.slow
 def test_every_shipped_solution_passes(judged):
     _, verdicts, expect, _ = judged
-    solutions = [p for p, e in expect.items() if e == "correct"]
+    # the shipped solutions; `problem~cheat` entries expected "correct" pass with a flag and are checked elsewhere
+    solutions = [p for p, e in expect.items() if e == "correct" and "~" not in p]
     assert len(solutions) >= 10
     for p in solutions:
         v = verdicts[p]
