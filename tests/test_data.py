@@ -1,4 +1,5 @@
 """Chat tokenisation with loss masks, packing, prompt/label rows, malformed rows."""
+
 import json
 
 import pytest
@@ -20,14 +21,20 @@ from nemoh.data import (
 from nemoh.model.tiny import init_tiny
 from nemoh.tokenizer import Tokenizer
 
-TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object",
-                                                                      "properties": {"a": {"type": "integer"}}}}}
+TOOL = {
+    "type": "function",
+    "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}},
+}
 CONV = [
     {"role": "system", "content": "S"},
     {"role": "user", "content": "hi"},
     {"role": "assistant", "content": "yo", "reasoning_content": "hmm"},
     {"role": "user", "content": "q"},
-    {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"a": 1}}}],
+    },
     {"role": "tool", "content": "r"},
     {"role": "assistant", "content": "done"},
 ]
@@ -76,8 +83,11 @@ def test_packing_equals_unpacked_loss(ckpt, tok):
     model = NemotronHForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
     convs = [CONV, CONV[1:3], [{"role": "user", "content": "x"}, {"role": "assistant", "content": "longer answer"}]]
     from nemoh.data.readers import Row
+
     errors = ErrorLog()
-    examples = load_chat_examples([Row({"messages": c, "tools": [TOOL]}, f"r{i}") for i, c in enumerate(convs)], tok, errors)
+    examples = load_chat_examples(
+        [Row({"messages": c, "tools": [TOOL]}, f"r{i}") for i, c in enumerate(convs)], tok, errors
+    )
     rows = pack(examples, seq_len=sum(len(e.input_ids) for e in examples) + 5)
     assert len(rows) == 1 and len(rows[0]) == 3
     batch = collate(rows, rows and sum(len(e.input_ids) for e in examples) + 5)
@@ -96,9 +106,14 @@ def test_packing_equals_unpacked_loss(ckpt, tok):
 
 def test_malformed_rows_are_reported_with_place_and_reason(tmp_path, tok):
     path = tmp_path / "bad.jsonl"
-    lines = [json.dumps({"messages": CONV[1:3]}), "{not json", json.dumps({"msgs": []}),
-             json.dumps({"messages": []}), json.dumps({"messages": [{"role": "user", "content": 5}]}),
-             json.dumps({"messages": [{"role": "user", "content": "only a question"}]})]
+    lines = [
+        json.dumps({"messages": CONV[1:3]}),
+        "{not json",
+        json.dumps({"msgs": []}),
+        json.dumps({"messages": []}),
+        json.dumps({"messages": [{"role": "user", "content": 5}]}),
+        json.dumps({"messages": [{"role": "user", "content": "only a question"}]}),
+    ]
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl:line 2: not valid JSON"):
         list(read_rows(path, ErrorLog("raise")))
@@ -106,8 +121,13 @@ def test_malformed_rows_are_reported_with_place_and_reason(tmp_path, tok):
     examples = load_chat_examples(list(read_rows(path, errors)), tok, errors)
     assert len(examples) == 1
     reasons = "\n".join(errors.skipped)
-    for needle in ("line 2: not valid JSON", "line 3: missing key 'messages'", "line 4: 'messages' must be a non-empty list",
-                   "line 5: messages[0].content: must be a string", "line 6: no assistant message"):
+    for needle in (
+        "line 2: not valid JSON",
+        "line 3: missing key 'messages'",
+        "line 4: 'messages' must be a non-empty list",
+        "line 5: messages[0].content: must be a string",
+        "line 6: no assistant message",
+    ):
         assert needle in reasons
     with pytest.raises(DataError, match="line 3: missing key 'messages'"):
         rows = [r for r in read_rows(path, ErrorLog("skip"))]
@@ -117,12 +137,14 @@ def test_malformed_rows_are_reported_with_place_and_reason(tmp_path, tok):
 def test_parquet_and_prompt_label_rows(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     table = pa.table({"prompt": ["What is 1+1?", ""], "label": ["2", "3"]})
     pq.write_table(table, tmp_path / "p.parquet")
     errors = ErrorLog("skip")
     ex = load_prompt_examples(list(read_rows(tmp_path / "p.parquet", errors)), errors)
     assert [e.label for e in ex] == ["2"] and "p.parquet:row 1" in errors.skipped[0]
     write_jsonl_atomic(tmp_path / "m.jsonl", [{"question": [{"role": "user", "content": "hi"}], "answer": 4}])
-    ex = load_prompt_examples(list(read_rows(tmp_path / "m.jsonl", errors)), errors, input_key="question",
-                              label_key="answer")
+    ex = load_prompt_examples(
+        list(read_rows(tmp_path / "m.jsonl", errors)), errors, input_key="question", label_key="answer"
+    )
     assert ex[0].prompt[0]["content"] == "hi" and ex[0].label == 4

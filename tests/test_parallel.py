@@ -1,6 +1,7 @@
 """torchrun on CPU/gloo: every layout (FSDP2, tensor parallel, expert parallel and their combinations, 2 and 4
 processes) reproduces the single-process run: every gradient after one backward, then SFT losses, gradient norms
 and exported weights, and RL; checkpoints reshard between layouts; bad layouts are refused up front."""
+
 import os
 import shutil
 import subprocess
@@ -28,9 +29,25 @@ def _launch(nproc, args, env=None):
 
 
 def _sft(run_dir, nproc, rows_per_rank, *extra):
-    args = ["-m", "nemoh.cli.main", "sft", "--checkpoint.dir", str(run_dir), "--train.steps", "4", "--quiet",
-            "--data.rows_per_step", str(rows_per_rank), "--train.eval_every", "0", "--data.seq_len", "256",
-            "--data.on_error", "skip", *extra]  # short rows on purpose: the built-in chats longer than 256 are dropped
+    args = [
+        "-m",
+        "nemoh.cli.main",
+        "sft",
+        "--checkpoint.dir",
+        str(run_dir),
+        "--train.steps",
+        "4",
+        "--quiet",
+        "--data.rows_per_step",
+        str(rows_per_rank),
+        "--train.eval_every",
+        "0",
+        "--data.seq_len",
+        "256",
+        "--data.on_error",
+        "skip",
+        *extra,
+    ]  # short rows on purpose: the built-in chats longer than 256 are dropped
     _launch(nproc, args)
 
 
@@ -109,8 +126,15 @@ def _grads(base, out, nproc, tp, ep, dp_shard, dp_replicate=1):
 
 
 GRAD_LAYOUTS = {  # name: (processes, tp, ep, dp_shard, dp_replicate)
-    "fsdp2": (2, 1, 1, 2, 1), "tp2": (2, 2, 1, 1, 1), "ep2": (2, 1, 2, 1, 1), "tp2_ep2": (4, 2, 2, 1, 1),
-    "fsdp2_tp2": (4, 2, 1, 2, 1), "fsdp2_ep2": (4, 1, 2, 2, 1), "hsdp2x2": (4, 1, 1, 2, 2), "hsdp2_ep2": (4, 1, 2, 1, 2)}
+    "fsdp2": (2, 1, 1, 2, 1),
+    "tp2": (2, 2, 1, 1, 1),
+    "ep2": (2, 1, 2, 1, 1),
+    "tp2_ep2": (4, 2, 2, 1, 1),
+    "fsdp2_tp2": (4, 2, 1, 2, 1),
+    "fsdp2_ep2": (4, 1, 2, 2, 1),
+    "hsdp2x2": (4, 1, 1, 2, 2),
+    "hsdp2_ep2": (4, 1, 2, 1, 2),
+}
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +198,8 @@ def test_shard_spec_splits_each_segment_of_a_fused_projection():
     import torch
 
     from nemoh.parallel.specs import ShardSpec
-    spec = ShardSpec("tp", 0, (4, 2))                       # e.g. [z | dt]
+
+    spec = ShardSpec("tp", 0, (4, 2))  # e.g. [z | dt]
     full = torch.arange(6)
     assert spec.local(full, 0, 2).tolist() == [0, 1, 4] and spec.local(full, 1, 2).tolist() == [2, 3, 5]
 
@@ -208,26 +233,86 @@ def test_memory_plan_against_published_layouts():
     assert not sup_one.fits and sup_two.fits  # Super needs two nodes, as the published recipe uses
     hsdp = plan_memory(get_preset("nano-30b-a3b"), gpus=16, gpu_mem_gib=141, dp_replicate=2)
     assert hsdp.params == pytest.approx(2 * plan_memory(get_preset("nano-30b-a3b"), gpus=16, gpu_mem_gib=141).params)
-    r = subprocess.run([sys.executable, "-m", "nemoh.cli.main", "plan", "nano-30b-a3b", "--gpus", "8", "--gpu-mem",
-                        "141"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "nemoh.cli.main", "plan", "nano-30b-a3b", "--gpus", "8", "--gpu-mem", "141"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "fits in 141 GiB: yes" in r.stdout and "optimizer" in r.stdout
     # the recipes' own layouts: Nano-30B's tp2 x ep4 on one node, Super's tp2 x ep8 on two, not on one
-    r = subprocess.run([sys.executable, "-m", "nemoh.cli.main", "plan", str(CONFIGS / "nano-30b-a3b-grpo.toml"), "--gpus", "8",
-                        "--gpu-mem", "141"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nemoh.cli.main",
+            "plan",
+            str(CONFIGS / "nano-30b-a3b-grpo.toml"),
+            "--gpus",
+            "8",
+            "--gpu-mem",
+            "141",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "tp=2, ep=4" in r.stdout and "fits in 141 GiB: yes" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "nemoh.cli.main", "plan", str(CONFIGS / "super-120b-a12b-grpo.toml"), "--gpus",
-                        "16", "--gpu-mem", "141"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nemoh.cli.main",
+            "plan",
+            str(CONFIGS / "super-120b-a12b-grpo.toml"),
+            "--gpus",
+            "16",
+            "--gpu-mem",
+            "141",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "tp=2, ep=8" in r.stdout and "fits in 141 GiB: yes" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "nemoh.cli.main", "plan", str(CONFIGS / "super-120b-a12b-grpo.toml"), "--gpus",
-                        "8"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "nemoh.cli.main", "plan", str(CONFIGS / "super-120b-a12b-grpo.toml"), "--gpus", "8"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0 and "world size 8 is not divisible by tp=2 x ep=8" in r.stderr
 
 
-RL_ARGS = ["--train.eval_every", "0", "--data.num_eval", "4", "--rollout.n_samples_per_prompt", "4",
-           "--rollout.rollout_batch_size", "4", "--train.global_batch_size", "8", "--train.micro_batch_size", "4",
-           "--train.num_steps_per_rollout", "2", "--train.rollouts", "3", "--rollout.rollout_max_response_len", "6",
-           "--algo.use_rollout_routing_replay", "true", "--warm_start.steps", "5", "--quiet",
-           "--reward.function", "rl_helpers:lowercase_share", "--optim.lr", "1e-2"]
+RL_ARGS = [
+    "--train.eval_every",
+    "0",
+    "--data.num_eval",
+    "4",
+    "--rollout.n_samples_per_prompt",
+    "4",
+    "--rollout.rollout_batch_size",
+    "4",
+    "--train.global_batch_size",
+    "8",
+    "--train.micro_batch_size",
+    "4",
+    "--train.num_steps_per_rollout",
+    "2",
+    "--train.rollouts",
+    "3",
+    "--rollout.rollout_max_response_len",
+    "6",
+    "--algo.use_rollout_routing_replay",
+    "true",
+    "--warm_start.steps",
+    "5",
+    "--quiet",
+    "--reward.function",
+    "rl_helpers:lowercase_share",
+    "--optim.lr",
+    "1e-2",
+]
 
 
 def _rl(run_dir, nproc, *extra):
@@ -249,7 +334,7 @@ def test_rl_under_torchrun_reproduces_one_process(tmp_path):
     for a, b in zip(one, four):
         assert abs(a["reward_mean"] - b["reward_mean"]) < 1e-6
         assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"]), (a["grad_norm"], b["grad_norm"])
-        assert b["logprob_diff_max"] < 1e-4        # the gathered weights reach the engine: rollouts agree
+        assert b["logprob_diff_max"] < 1e-4  # the gathered weights reach the engine: rollouts agree
     wa = load_file(tmp_path / "one" / "final" / "model.safetensors")
     wb = load_file(run / "final" / "model.safetensors")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < adam_tolerance(1e-2, 3 * 2)  # 3 rollouts x 2 steps

@@ -1,4 +1,5 @@
 """nemoh vs transformers' NemotronHForCausalLM on random tiny configs: logits within 1e-4 (float32), both ways."""
+
 import pytest
 import torch
 from reference import save_reference
@@ -33,6 +34,7 @@ def test_logits_match_reference(tmp_path, case, seq_len):
     ours.save_pretrained(tmp_path / "ours", max_shard_size="20KB")
     assert (tmp_path / "ours" / "model.safetensors.index.json").exists()
     from transformers import NemotronHForCausalLM as RefModel
+
     back = RefModel.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
     with torch.no_grad():
         assert (back(ids).logits - want).abs().max().item() < 1e-5
@@ -45,6 +47,8 @@ def test_dt_clamp_option(tmp_path):
     with torch.no_grad():
         want = ref(ids).logits
         plain = NemotronHForCausalLM.from_pretrained(tmp_path / "ref", dtype=torch.float32)(ids).logits
-        clamped = NemotronHForCausalLM.from_pretrained(tmp_path / "ref", dtype=torch.float32, mamba_dt_clamp=True)(ids).logits
+        clamped = NemotronHForCausalLM.from_pretrained(tmp_path / "ref", dtype=torch.float32, mamba_dt_clamp=True)(
+            ids
+        ).logits
     assert (clamped - want).abs().max().item() < 1e-4
     assert (plain - want).abs().max().item() > 1e-3

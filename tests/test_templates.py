@@ -1,5 +1,6 @@
 """Template conformance: templates shaped like published ones (tests/templates.py) render exactly as transformers'
 `apply_chat_template` does, and every assistant turn is trained as the model sees and writes it at inference."""
+
 import copy
 import json
 
@@ -18,11 +19,21 @@ from nemoh.data import chat_examples, load_chat_examples
 from nemoh.data.readers import ErrorLog, Row
 from nemoh.tokenizer import Tokenizer, normalize_messages
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                           "parameters": {"type": "object", "properties": {
-                                               "city": {"type": "string"}, "days": {"type": "integer"}}}}}]
-CALL = {"id": "call_1", "type": "function",
-        "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 2}'}}  # OpenAI: a JSON string
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}},
+        },
+    }
+]
+CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 2}'},
+}  # OpenAI: a JSON string
 MULTI_TURN_REASONING = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "2+2?"},
@@ -39,8 +50,17 @@ AGENT_TRACE = [
     {"role": "tool", "tool_call_id": "call_1", "content": "22C"},
     {"role": "assistant", "reasoning_content": "got it", "content": "Sunny, 22C."},
     {"role": "user", "content": [{"type": "text", "text": "And"}, {"type": "text", "text": "tomorrow?"}]},
-    {"role": "assistant", "content": "", "tool_calls": [
-        {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 1}'}}]},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": "call_2",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 1}'},
+            }
+        ],
+    },
     {"role": "tool", "tool_call_id": "call_2", "content": "rain"},
     {"role": "assistant", "reasoning_content": "rain", "content": "Rain."},
 ]
@@ -66,6 +86,7 @@ def base(ckpt):
 @pytest.fixture(scope="module")
 def hf(ckpt):
     from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(ckpt)
 
 
@@ -86,8 +107,9 @@ def test_rendering_equals_transformers(base, hf, case, conv):
         for gen in (False, True):
             for kw in ({}, {"enable_thinking": False}, KWARGS.get(case, {})):
                 ours = tok.apply_chat_template(msgs[:k], tools=tools, add_generation_prompt=gen, **kw)
-                ref = hf.apply_chat_template(plain[:k], tools=tools, chat_template=template, tokenize=False,
-                                             add_generation_prompt=gen, **kw)
+                ref = hf.apply_chat_template(
+                    plain[:k], tools=tools, chat_template=template, tokenize=False, add_generation_prompt=gen, **kw
+                )
                 assert ours == ref, (k, gen, kw)
 
 
@@ -123,15 +145,21 @@ def test_every_assistant_turn_is_trained_as_at_inference(base, case, conv):
     for k, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
-        thinking = {} if m.get("reasoning_content") or case not in ("nano", "nano-keep-history") else {"enable_thinking": False}
-        prompt = tok.encode(tok.apply_chat_template(msgs[:k], tools=tools, add_generation_prompt=True, **kw, **thinking))
+        thinking = (
+            {}
+            if m.get("reasoning_content") or case not in ("nano", "nano-keep-history")
+            else {"enable_thinking": False}
+        )
+        prompt = tok.encode(
+            tok.apply_chat_template(msgs[:k], tools=tools, add_generation_prompt=True, **kw, **thinking)
+        )
         want.append((prompt, output(m)))
     assert sorted(trained, key=lambda t: len(t[0])) == want
 
 
 def test_history_truncation_needs_one_example_per_user_turn_and_none_without(base):
     tok = with_template(base, NANO_LIKE)
-    assert len(chat_examples(tok, MULTI_TURN_REASONING)) == 3          # default truncate_history_thinking=True
+    assert len(chat_examples(tok, MULTI_TURN_REASONING)) == 3  # default truncate_history_thinking=True
     assert len(chat_examples(tok, MULTI_TURN_REASONING, truncate_history_thinking=False)) == 1
     # tool calls after the last user turn keep their reasoning: an agent step is one example
     assert len(chat_examples(tok, AGENT_TRACE[:5], TOOLS)) == 1
@@ -139,8 +167,11 @@ def test_history_truncation_needs_one_example_per_user_turn_and_none_without(bas
 
 def test_unmaskable_rows_are_reported_and_the_share_stops_the_run(base, capsys):
     # a template that renders each message differently depending on what follows cannot be masked
-    tok = with_template(base, "{% for m in messages %}{{ m.role }}{{ messages|length }}:{{ m.content }}|{% endfor %}"
-                              "{% if add_generation_prompt %}assistant:{% endif %}")
+    tok = with_template(
+        base,
+        "{% for m in messages %}{{ m.role }}{{ messages|length }}:{{ m.content }}|{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}",
+    )
     good = with_template(base, HERMES_LIKE)
     rows = [Row({"messages": MULTI_TURN_REASONING[1:3]}, f"d.jsonl:line {i + 1}") for i in range(3)]
     errors = ErrorLog("warn")
@@ -166,7 +197,7 @@ def test_string_arguments_that_are_not_json_name_the_field(base):
     bad[1]["tool_calls"][0]["function"]["arguments"] = '{"x": NaN}'
     with pytest.raises(ValueError, match=r"arguments: not valid JSON"):
         tok.apply_chat_template(bad, tools=TOOLS)
-    bad[1]["tool_calls"][0]["function"]["arguments"] = '[1, 2]'
+    bad[1]["tool_calls"][0]["function"]["arguments"] = "[1, 2]"
     with pytest.raises(ValueError, match=r"arguments: must be a JSON object"):
         tok.apply_chat_template(bad, tools=TOOLS)
     bad[1]["tool_calls"][0]["function"]["arguments"] = json.dumps({"city": "Paris"})
@@ -174,12 +205,18 @@ def test_string_arguments_that_are_not_json_name_the_field(base):
 
 
 def test_normalize_messages_shapes():
-    msgs = [{"role": "user", "content": [{"type": "text", "text": "a"}, "b"]},
-            {"role": "assistant", "content": None, "tool_calls": [CALL]},
-            {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "r"}]}]
+    msgs = [
+        {"role": "user", "content": [{"type": "text", "text": "a"}, "b"]},
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "r"}]},
+    ]
     out = normalize_messages(msgs)
-    assert out[0]["content"] == "a\nb" and out[2] == {"role": "tool", "tool_call_id": "call_1", "content": "r",
-                                                       "name": "get_weather"}
+    assert out[0]["content"] == "a\nb" and out[2] == {
+        "role": "tool",
+        "tool_call_id": "call_1",
+        "content": "r",
+        "name": "get_weather",
+    }
     assert out[1]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris", "days": 2}
     assert msgs[1]["tool_calls"][0]["function"]["arguments"] == CALL["function"]["arguments"]  # input untouched
     with pytest.raises(ValueError, match=r"messages\[0\]\.content\[0\]: only text parts"):
@@ -193,6 +230,7 @@ def test_sft_data_path_trains_every_turn_of_multi_turn_reasoning(ckpt, tmp_path)
     (3 of them, reasoning in the earlier ones) is among the trained tokens of the packed rows."""
     from nemoh.train.config import load_config
     from nemoh.train.sft import load_packed
+
     (ckpt / "chat_template.jinja").write_text(NANO_LIKE)
     try:
         tok = Tokenizer.from_pretrained(ckpt)
@@ -202,15 +240,27 @@ def test_sft_data_path_trains_every_turn_of_multi_turn_reasoning(ckpt, tmp_path)
         errors = ErrorLog(cfg.data.on_error)
         rows = load_packed(str(data), tok, cfg, errors)
         assert errors.skipped == []
-        texts = [tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask) if m], skip_special_tokens=False)
-                 for row in rows for ex in row]
+        texts = [
+            tok.decode([t for t, m in zip(ex.input_ids, ex.loss_mask) if m], skip_special_tokens=False)
+            for row in rows
+            for ex in row
+        ]
         for conv in (MULTI_TURN_REASONING, AGENT_TRACE):
             for m in conv:
                 if m["role"] == "assistant":
                     assert sum(nano_output(m) in t for t in texts) == 1, m
         # with the history kept (a template argument from the config), one example per row
-        cfg = load_config(None, ["--data.train", str(data), "--data.seq_len", "2048",
-                                 "--data.chat_template_kwargs", '{"truncate_history_thinking": false}'])
+        cfg = load_config(
+            None,
+            [
+                "--data.train",
+                str(data),
+                "--data.seq_len",
+                "2048",
+                "--data.chat_template_kwargs",
+                '{"truncate_history_thinking": false}',
+            ],
+        )
         assert sum(len(r) for r in load_packed(str(data), tok, cfg, ErrorLog())) == 2
     finally:
         (ckpt / "chat_template.jinja").unlink()
