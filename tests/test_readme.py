@@ -1,7 +1,7 @@
 """The README tells the truth: every `nemoh` command line it shows parses (the subcommand and its flags exist; for
 `sft`/`rl` the `--section.key` overrides name real settings of the right type), and its TOML example is a config
-`nemoh sft` accepts. Runnable Python examples are exercised by the tests of their features; this file holds the
-command-line contract, which no other test reads."""
+`nemoh sft` accepts; its Python API examples (the model and the engine) run as written against a tiny checkpoint
+named as the README names it. The server examples need a running server and are exercised by tests/test_server.py."""
 from __future__ import annotations
 
 import re
@@ -91,3 +91,21 @@ def test_the_readme_toml_example_is_a_valid_config(tmp_path):
             load_config(path, [], cls=RLConfig)
         else:
             load_config(path, [], cls=SFTConfig)
+
+
+def test_the_readme_python_api_examples_run(tmp_path, monkeypatch):
+    """The model and engine blocks run verbatim in a folder holding `tiny-model` (what `nemoh init-tiny tiny-model`
+    writes); `trained_model` in the engine block is the model from the first block, as an RL step would pass it."""
+    from nemoh.model.tiny import init_tiny
+
+    blocks = [b for b in _blocks("python") if not b.startswith(" ")]     # indented blocks are fragments
+    model_block = next(b for b in blocks if "HybridCache(" in b)
+    engine_block = next(b for b in blocks if "LLM(" in b)
+    monkeypatch.chdir(tmp_path)
+    init_tiny(tmp_path / "tiny-model")
+    scope: dict = {}
+    exec(compile(model_block, "README.md (model example)", "exec"), scope)
+    assert (tmp_path / "my-copy" / "config.json").is_file()
+    scope["trained_model"] = scope["model"]
+    exec(compile(engine_block, "README.md (engine example)", "exec"), scope)
+    assert scope["c"].finish_reason in ("stop", "length")
