@@ -1,8 +1,6 @@
 """A live `nemoh serve` subprocess on 127.0.0.1, driven by the real `openai` client and raw HTTP."""
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -11,7 +9,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from net import free_port
+from net import serving
 from scripted import SCRIPTS, WEATHER_TOOL, build_scripted
 
 
@@ -19,22 +17,8 @@ from scripted import SCRIPTS, WEATHER_TOOL, build_scripted
 def server(tmp_path_factory):
     cached = os.environ.get("NEMOH_TEST_SCRIPTED")   # a checkpoint build_scripted wrote before (local iteration)
     path = Path(cached) if cached else build_scripted(tmp_path_factory.mktemp("serve") / "scripted")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "nemoh.cli.main", "serve", str(path), "--port", str(port),
-                             "--served-model-name", "tiny", "--max-model-len", "1024", "--max-num-seqs", "8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1)
-            break
-        except OSError as e:
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read()) from e
-            time.sleep(0.1)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
+    with serving(path, "--served-model-name", "tiny", "--max-model-len", "1024", "--max-num-seqs", "8") as (_, base):
+        yield base
 
 
 @pytest.fixture(scope="module")
