@@ -2,14 +2,10 @@
 Nemotron-shaped chat template (`arguments|items`) in the checkpoint: the assistant's tool call comes back as the
 OpenAI API sends it (arguments as a JSON string), the tool result follows, and the model answers, streamed and not."""
 import json
-import subprocess
-import sys
-import time
-import urllib.request
 
 import openai
 import pytest
-from net import free_port
+from net import serving
 from templates import NANO_LIKE
 
 from nemoh.cli.model_cmds import init_tiny
@@ -24,22 +20,8 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
 def served(tmp_path_factory):
     path = init_tiny(tmp_path_factory.mktemp("agent") / "tiny")
     (path / "chat_template.jinja").write_text(NANO_LIKE)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "nemoh.cli.main", "serve", str(path), "--port", str(port),
-                             "--served-model-name", "tiny", "--max-model-len", "2048"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1)
-            break
-        except OSError as e:
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read()) from e
-            time.sleep(0.1)
-    yield path, openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
-    proc.terminate()
-    proc.wait(timeout=10)
+    with serving(path, "--served-model-name", "tiny", "--max-model-len", "2048") as (_, base):
+        yield path, openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
 
 
 def test_agent_loop_with_string_arguments_streamed_and_not(served):

@@ -5,14 +5,11 @@ Every answer is < 500 and, when not 200, in the OpenAI error shape; no connectio
 """
 import json
 import random
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from net import free_port
+from net import serving
 
 from nemoh.cli.model_cmds import init_tiny
 
@@ -97,22 +94,8 @@ def make_request(rng: random.Random) -> tuple[str, str, bytes]:
 def tiny_server(tmp_path_factory):
     path = tmp_path_factory.mktemp("fuzz") / "tiny"
     init_tiny(path, seed=0)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "nemoh.cli.main", "serve", str(path), "--port", str(port),
-                             "--served-model-name", "tiny", "--max-model-len", "48", "--max-num-seqs", "8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            httpx.get(base + "/health", timeout=1)
-            break
-        except httpx.HTTPError:
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read()) from None
-            time.sleep(0.1)
-    yield base, proc
-    proc.terminate()
-    proc.wait(timeout=10)
+    with serving(path, "--served-model-name", "tiny", "--max-model-len", "48", "--max-num-seqs", "8") as (proc, base):
+        yield base, proc
 
 
 def _strict(text: str):

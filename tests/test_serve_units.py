@@ -161,7 +161,8 @@ def test_chat_request_violations_name_the_field(body, param):
 
 
 @pytest.mark.parametrize("body,param", [
-    ({"prompt": ""}, "prompt"), ({"prompt": 5}, "prompt"), ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": ""}, "prompt"), ({"prompt": 5}, "prompt"), ({"prompt": ["a", ""]}, "prompt"),
+    ({"prompt": ["a"] * 257}, "prompt"),
     ({"prompt": [1, -2]}, "prompt"), ({"prompt": "x", "logprobs": 21}, "logprobs"),
     ({"prompt": "x", "echo": True}, "echo"), ({"prompt": "x", "best_of": 3}, "best_of"),
 ])
@@ -227,6 +228,53 @@ def test_one_failing_sequence_leaves_the_batch_running(tiny_llm):
         assert [c.token_ids for c in got] == [c.token_ids for c in want]
         tiny_llm.requests.pop(rid)
     assert len(tiny_llm.scheduler.free_slots) == 8
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_a_model_forward_that_raises_fails_only_its_request(tiny_llm, phase):
+    """A fault inside the batched model forward (raised by the last layer, after the earlier layers have advanced
+    their Mamba states) whenever the batch carries one request's token: that request fails, the others' tokens
+    equal a run without it (their slots are rebuilt from their own tokens before each runs alone)."""
+    prompts = ["Hello", "other prompt", "third"]
+    params = [SamplingParams(max_tokens=12, temperature=0.8, seed=i, n=2, ignore_eos=True) for i in range(3)]
+    ref = [o.outputs for o in tiny_llm.generate(prompts, params)]
+    good_ids = {t for p in prompts for t in tiny_llm.tokenizer.encode(p)}
+    inputs = {t for outs in ref for c in outs for t in c.token_ids[:-1]}    # what the good rows feed to decode
+    bad_params = SamplingParams(max_tokens=12, temperature=0.8, seed=9, ignore_eos=True)
+    if phase == "prefill":    # a token only the bad prompt has, seen in a prompt chunk (T > 1)
+        bad_prompt = [t for t in range(5, 300) if t not in good_ids][:4]
+        trigger, when = bad_prompt[1], (lambda T: T > 1)
+    else:                     # a token only the bad request generates, fed back as a decode input (T == 1)
+        bad_prompt = [7, 8, 9]
+        generated = tiny_llm.generate(bad_prompt, bad_params)[0].outputs[0].token_ids[:-1]
+        trigger, when = next(t for t in generated if t not in inputs), (lambda T: T == 1)
+    seen: list = []
+    layers = tiny_llm.model.backbone.layers
+    hooks = [tiny_llm.model.backbone.embeddings.register_forward_pre_hook(lambda m, a: seen.__setitem__(
+                 slice(None), [a[0]])),
+             layers[len(layers) - 1].register_forward_pre_hook(lambda m, a: _raise_if(seen[0], trigger, when))]
+    try:
+        rids = [tiny_llm.add_request(p, sp) for p, sp in zip(prompts, params)]
+        bad = tiny_llm.add_request(bad_prompt, bad_params)
+        _drain(tiny_llm)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert "injected fault" in tiny_llm.errors.pop(bad)
+    assert [s.finish_reason for s in tiny_llm.requests.pop(bad)[1]] == ["error"]
+    for rid, want in zip(rids, ref):
+        got = tiny_llm.output(rid).outputs
+        assert [c.token_ids for c in got] == [c.token_ids for c in want]
+        # fp32 logprobs of a rebuilt slot differ from the incremental ones by reduction order (~1e-6 measured);
+        # a slot left with the failed forward's half-applied Mamba update is off by ~0.15 on this model
+        assert max(abs(a - b) for c, w in zip(got, want) for a, b in zip(c.logprobs, w.logprobs)) < 1e-4
+        tiny_llm.requests.pop(rid)
+    assert len(tiny_llm.scheduler.free_slots) == 8
+
+
+def _raise_if(ids, token: int, when) -> None:
+    if when(ids.shape[1]) and bool((ids == token).any()):
+        raise RuntimeError("injected fault")
 
 
 def test_abort_request_frees_slots_at_next_step(tiny_llm):

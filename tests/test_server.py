@@ -1,8 +1,6 @@
 """A live `nemoh serve` subprocess on 127.0.0.1, driven by the real `openai` client and raw HTTP."""
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -11,7 +9,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from net import free_port
+from net import serving
 from scripted import SCRIPTS, WEATHER_TOOL, build_scripted
 
 
@@ -19,22 +17,8 @@ from scripted import SCRIPTS, WEATHER_TOOL, build_scripted
 def server(tmp_path_factory):
     cached = os.environ.get("NEMOH_TEST_SCRIPTED")   # a checkpoint build_scripted wrote before (local iteration)
     path = Path(cached) if cached else build_scripted(tmp_path_factory.mktemp("serve") / "scripted")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "nemoh.cli.main", "serve", str(path), "--port", str(port),
-                             "--served-model-name", "tiny", "--max-model-len", "1024", "--max-num-seqs", "8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1)
-            break
-        except OSError as e:
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read()) from e
-            time.sleep(0.1)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
+    with serving(path, "--served-model-name", "tiny", "--max-model-len", "1024", "--max-num-seqs", "8") as (_, base):
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +126,37 @@ def test_completions_n_stop_logprobs(client):
                                             stop=["Short"], stream=True,
                                             extra_body={"chat_template_kwargs": {"enable_thinking": False}})
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Hi! "
+
+
+def test_completions_batched_prompts(client):
+    """A list of prompts (strings or token-id lists) is one request per prompt: choices prompt-major
+    (index = prompt * n + sample, as OpenAI numbers them), each equal to that prompt sent alone; usage summed."""
+    prompts, n = ["Hello", "Say hi", "request 3"], 2
+    kw = dict(model="tiny", max_tokens=6, n=n, temperature=1.0, seed=11, logprobs=1)
+    alone = [client.completions.create(prompt=p, **kw) for p in prompts]
+    batch = client.completions.create(prompt=prompts, **kw)
+    assert [c.index for c in batch.choices] == list(range(len(prompts) * n))
+    assert [c.text for c in batch.choices] == [c.text for a in alone for c in a.choices]
+    # batched with other prompts, fp32 reductions run in another order: logprobs agree to ~1e-6, not bitwise
+    assert [lp for c in batch.choices for lp in c.logprobs.token_logprobs] == pytest.approx(
+        [lp for a in alone for c in a.choices for lp in c.logprobs.token_logprobs], abs=1e-4)
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        assert getattr(batch.usage, key) == sum(getattr(a.usage, key) for a in alone)
+    ids = [[100, 101, 102], [103, 104]]
+    by_ids = client.completions.create(prompt=ids, **kw)
+    assert [c.text for c in by_ids.choices] == \
+        [c.text for p in ids for c in client.completions.create(prompt=p, **kw).choices]
+    texts: dict[int, str] = {}
+    usage = None
+    for chunk in client.completions.create(prompt=prompts, stream=True, stream_options={"include_usage": True}, **kw):
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + c.text
+        usage = chunk.usage or usage
+    assert [texts[i] for i in range(len(prompts) * n)] == [c.text for c in batch.choices]
+    assert usage.total_tokens == batch.usage.total_tokens
+    with pytest.raises(openai.BadRequestError) as e:     # the prompt that cannot fit is named by its place
+        client.completions.create(model="tiny", prompt=["x", "x" * 2000], max_tokens=5)
+    assert e.value.body["param"] == "prompt[1]"
 
 
 def test_concurrent_requests(client):

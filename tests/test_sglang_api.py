@@ -1,11 +1,10 @@
 """`nemoh serve` speaking SGLang's native protocol: a live subprocess on 127.0.0.1 driven with httpx, compared with
 the in-process engine on the same checkpoint."""
 import base64
-import subprocess
-import sys
 import time
 
 import httpx
+import net
 import numpy as np
 import pytest
 import torch
@@ -17,20 +16,8 @@ from nemoh.engine.scoring import sequence_logprobs
 
 
 def start_server(path, port, *extra):
-    proc = subprocess.Popen([sys.executable, "-m", "nemoh.cli.main", "serve", str(path), "--port", str(port),
-                             "--max-model-len", "256", "--max-num-seqs", "8", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            httpx.get(base + "/health", timeout=1)
-            return proc, base
-        except httpx.TransportError as e:
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read()) from e
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    """A server with this file's engine limits (test_rollout_sglang starts its servers through this too)."""
+    return net.start_server(path, "--max-model-len", "256", "--max-num-seqs", "8", *extra, port=port)
 
 
 @pytest.fixture(scope="module")

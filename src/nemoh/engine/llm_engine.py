@@ -173,10 +173,58 @@ class LLM:
             if running:
                 want = any(s.params.return_routed_experts for s in running)
                 with self._phase("model"):
-                    logits, routing = self.runner.decode([s.last_token for s in running], [s.slot for s in running],
-                                                         want, self.scheduler.free_slots)
-                events += self._sample_and_append(running, logits, routing)
+                    try:
+                        logits, routing = self.runner.decode([s.last_token for s in running],
+                                                             [s.slot for s in running], want, self.scheduler.free_slots)
+                    except Exception:  # isolation: find the sequence that raises, fail its request, keep the rest
+                        running, logits, routing = self._decode_isolated(running, want)
+                if running:
+                    events += self._sample_and_append(running, logits, routing)
         return events
+
+    # ---- a batched forward that raised: each sequence alone ------------------------------------------------------
+    # The failed forward may have advanced some layers' Mamba states (they update in place, layer by layer), so a
+    # sequence's slot is first rebuilt from its own tokens (recompute, as vLLM does after preemption); one that
+    # still raises alone fails its request, the others continue with the tokens a run without it would give.
+    def _decode_isolated(self, running: list[Sequence], want: bool) -> tuple[list[Sequence], Tensor, Tensor | None]:
+        rows: list[tuple[Sequence, Tensor, Tensor | None]] = []
+        for seq in running:
+            if seq.is_finished:                    # a sibling sample failed its request
+                continue
+            try:
+                self.runner.prefill([(seq.prompt_token_ids + seq.output_token_ids)[:-1]], [seq.slot], [0], False)
+                logits, routing = self.runner.decode([seq.last_token], [seq.slot], want, self.scheduler.free_slots)
+                rows.append((seq, logits[0], routing))
+            except Exception as e:
+                self.fail_request(seq.request_id, f"engine error in this request ({type(e).__name__}: {e})")
+        rows = [r for r in rows if not r[0].is_finished]
+        if not rows:
+            return [], torch.empty(0), None
+        routes = [r for _, _, r in rows if r is not None]
+        return ([s for s, _, _ in rows], torch.stack([lg for _, lg, _ in rows]),
+                torch.cat(routes, dim=1) if want and routes else None)
+
+    def _prefill_isolated(self, plan: list[tuple[list[Sequence], int, int]],
+                          want: bool) -> tuple[list[Tensor | None], list[Tensor] | None]:
+        """Each group's prompt up to this chunk's end, alone, from an empty slot: (logits row or None, routing)."""
+        rows: list[Tensor | None] = []
+        routing: list[Tensor] = []
+        for group, _, end in plan:
+            first = group[0]
+            try:
+                logits, route = self.runner.prefill([first.prompt_token_ids[:end]], [first.slot], [0], want)
+            except Exception as e:
+                self.fail_request(first.request_id, f"engine error in this request ({type(e).__name__}: {e})")
+                rows.append(None)
+                routing.append(torch.empty(0))
+                continue
+            rows.append(logits[0])
+            if route is not None:
+                first.routed_experts.clear()       # the routing now covers the whole prompt so far
+                routing.append(route[0])
+            else:
+                routing.append(torch.empty(0))
+        return rows, routing if want else None
 
     def _phase(self, name: str) -> contextlib.AbstractContextManager[None]:
         return self.profile.phase(name) if self.profile is not None else contextlib.nullcontext()
@@ -191,11 +239,17 @@ class LLM:
         firsts = [g[0] for g, _, _ in plan]
         want = any(s.params.return_routed_experts for s in firsts)
         with self._phase("model"):
-            logits, routing = self.runner.prefill([s.prompt_token_ids[a:b] for s, (_, a, b) in zip(firsts, plan)],
-                                                  [s.slot for s in firsts], [a for _, a, _ in plan], want)
+            try:
+                logits, routing = self.runner.prefill([s.prompt_token_ids[a:b] for s, (_, a, b) in zip(firsts, plan)],
+                                                      [s.slot for s in firsts], [a for _, a, _ in plan], want)
+                rows: list[Tensor | None] = list(logits)
+            except Exception:  # isolation: find the prompt that raises, fail its request, keep the rest
+                rows, routing = self._prefill_isolated(plan, want)
         fresh: set[int] = set()
         for j, (group, _, end) in enumerate(plan):
-            first = group[0]
+            first, row = group[0], rows[j]
+            if row is None:
+                continue
             first.num_prefilled = end
             if routing is not None and first.params.return_routed_experts:
                 first.routed_experts.append(routing[j])
@@ -206,7 +260,7 @@ class LLM:
                 seq.num_prefilled = end
                 seq.routed_experts = list(first.routed_experts)
                 fresh.add(seq.seq_id)
-            events += self._sample_and_append(group, logits[j].expand(len(group), -1), None)
+            events += self._sample_and_append(group, row.expand(len(group), -1), None)
         return fresh
 
     def _sample_and_append(self, seqs: list[Sequence], logits: Tensor, routing: Tensor | None) -> list[StepEvent]:

@@ -135,11 +135,13 @@ class Server:
         self._check(ids, params, "messages")
         return ids
 
-    def _completion_ids(self, req: CompletionRequest, params: SamplingParams) -> list[int]:
-        prompt = req.prompt_value()
-        ids = self._encode(prompt, "prompt") if isinstance(prompt, str) else list(prompt)
-        self._check(ids, params, "prompt")
-        return ids
+    def _completion_ids(self, req: CompletionRequest, params: SamplingParams) -> list[list[int]]:
+        batch = []
+        for field, prompt in req.prompts():
+            ids = self._encode(prompt, field) if isinstance(prompt, str) else list(prompt)
+            self._check(ids, params, field)
+            batch.append(ids)
+        return batch
 
     # ---- helpers -----------------------------------------------------------------------------------------------
     def _token(self, t: int) -> str:
@@ -167,10 +169,11 @@ class Server:
         in_thought = self.llm.ends_in_thought(ids)
         rid, q = self.engine.submit(ids, params)
         if req.stream:
-            return self._stream(rid, self._chat_stream(q, req, params, len(ids), in_thought))
-        done = await self._wait(rid, q, request)
-        if done is None:
+            return self._stream([rid], self._chat_stream(q, req, params, len(ids), in_thought))
+        dones = await self._wait([rid], q, request)
+        if dones is None:
             return Response(status_code=499)
+        done = dones[0]
         assert done.output is not None  # _wait raised if the request failed; otherwise the engine set its output
         tools = req.template_tools()
         choices, completion_tokens = [], 0
@@ -248,36 +251,42 @@ class Server:
     async def completions(self, request: Request) -> Response:
         req = await self._request(request, CompletionRequest)
         params = req.sampling_params()
-        ids = await asyncio.to_thread(self._completion_ids, req, params)
-        rid, q = self.engine.submit(ids, params)
+        batch = await asyncio.to_thread(self._completion_ids, req, params)
+        q: asyncio.Queue = asyncio.Queue()       # one queue for the batch; choice index = prompt index * n + sample
+        rids = [self.engine.submit(ids, params, q, first_index=i * params.n)[0] for i, ids in enumerate(batch)]
+        prompt_tokens = sum(len(ids) for ids in batch)
         if req.stream:
-            return self._stream(rid, self._completion_stream(q, req, params, len(ids)))
-        done = await self._wait(rid, q, request)
-        if done is None:
+            return self._stream(rids, self._completion_stream(q, req, params, prompt_tokens, len(rids)))
+        dones = await self._wait(rids, q, request)
+        if dones is None:
             return Response(status_code=499)
-        assert done.output is not None  # _wait raised if the request failed; otherwise the engine set its output
-        choices = []
-        for c in done.output.outputs:
-            lp = None
-            if params.logprobs is not None:
-                toks = [self._token(t) for t in c.token_ids]
-                lp = {"tokens": toks, "token_logprobs": [_lp(x) for x in c.logprobs],
-                      "top_logprobs": [{self._token(k): _lp(v) for k, v in d.items()}
-                                       for d in (c.top_logprobs or [])] or None,
-                      "text_offset": [sum(len(t) for t in toks[:j]) for j in range(len(toks))]}
-            choices.append({"index": c.index, "text": c.text, "finish_reason": c.finish_reason, "logprobs": lp})
+        outputs = {d.output.request_id: d.output for d in dones if d.output is not None}  # _wait raised on errors
+        choices, completion_tokens = [], 0
+        for i, rid in enumerate(rids):
+            for c in outputs[rid].outputs:
+                lp = None
+                if params.logprobs is not None:
+                    toks = [self._token(t) for t in c.token_ids]
+                    lp = {"tokens": toks, "token_logprobs": [_lp(x) for x in c.logprobs],
+                          "top_logprobs": [{self._token(k): _lp(v) for k, v in d.items()}
+                                           for d in (c.top_logprobs or [])] or None,
+                          "text_offset": [sum(len(t) for t in toks[:j]) for j in range(len(toks))]}
+                choices.append({"index": i * params.n + c.index, "text": c.text, "finish_reason": c.finish_reason,
+                                "logprobs": lp})
+                completion_tokens += len(c.token_ids)
         return JSONResponse({"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                              "created": int(time.time()), "model": self.name, "choices": choices,
-                             "usage": self._usage(len(ids), sum(len(c.token_ids) for c in done.output.outputs))})
+                             "usage": self._usage(prompt_tokens, completion_tokens)})
 
     async def _completion_stream(self, q: asyncio.Queue, req: CompletionRequest, params: SamplingParams,
-                                 prompt_len: int) -> AsyncIterator[str]:
+                                 prompt_tokens: int, num_prompts: int) -> AsyncIterator[str]:
         base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": self.name}
         keep = set() if params.skip_special_tokens else set(self.tok.special_ids)
-        decoders = [ChannelDecoder(self.tok, keep) for _ in range(params.n)]
-        sent, counts = [0] * params.n, [0] * params.n
-        async for ev in self._events(q):
+        num_choices = num_prompts * params.n
+        decoders = [ChannelDecoder(self.tok, keep) for _ in range(num_choices)]
+        sent, counts = [0] * num_choices, [0] * num_choices
+        async for ev in self._events(q, num_prompts):
             if isinstance(ev, str):
                 yield ev
                 continue
@@ -296,34 +305,45 @@ class Server:
                 yield _sse({**base, "choices": [{"index": i, "text": text, "logprobs": lp,
                                                  "finish_reason": ev.finish_reason if ev.finished else None}]})
         if req.include_usage:
-            yield _sse({**base, "choices": [], "usage": self._usage(prompt_len, sum(counts))})
+            yield _sse({**base, "choices": [], "usage": self._usage(prompt_tokens, sum(counts))})
         yield "data: [DONE]\n\n"
 
     # ---- events from the engine ----------------------------------------------------------------------------------
-    def _stream(self, rid: str, chunks: AsyncIterator[str]) -> StreamingResponse:
+    def _stream(self, rids: list[str], chunks: AsyncIterator[str]) -> StreamingResponse:
         """SSE response. When the client goes away Starlette cancels the stream, then runs the background task:
-        the abort frees the request's sequences (a no-op for a request that already finished)."""
+        the abort frees the requests' sequences (a no-op for a request that already finished)."""
         return StreamingResponse(chunks, media_type="text/event-stream",
-                                 background=BackgroundTask(self.engine.abort, rid))
+                                 background=BackgroundTask(self._abort, rids))
+
+    def _abort(self, rids: list[str]) -> None:
+        for rid in rids:
+            self.engine.abort(rid)
 
     @staticmethod
-    async def _events(q: asyncio.Queue) -> AsyncIterator[TokenEvent | str]:
-        """A request's token events until it is done; an engine error arrives as an SSE error event."""
-        while True:
+    async def _events(q: asyncio.Queue, requests: int = 1) -> AsyncIterator[TokenEvent | str]:
+        """Token events until all `requests` sharing the queue are done; an engine error arrives as an SSE error
+        event and ends the stream (the other requests are aborted when the stream closes)."""
+        while requests:
             ev = await q.get()
             if isinstance(ev, DoneEvent):
                 if ev.error:
                     yield _sse({"error": {"message": ev.error, "type": "server_error", "param": None, "code": None}})
-                return
+                    return
+                requests -= 1
+                continue
             yield ev
 
-    async def _wait(self, rid: str, q: asyncio.Queue, request: Request) -> DoneEvent | None:
-        """The request's DoneEvent, or None if the client disconnected first (its request is then aborted)."""
-        async def finished() -> DoneEvent:
-            while True:
+    async def _wait(self, rids: list[str], q: asyncio.Queue, request: Request) -> list[DoneEvent] | None:
+        """The requests' DoneEvents, or None if the client disconnected first (its requests are then aborted)."""
+        async def finished() -> list[DoneEvent]:
+            dones: list[DoneEvent] = []
+            while len(dones) < len(rids):
                 ev = await q.get()
                 if isinstance(ev, DoneEvent):
-                    return ev
+                    if ev.error:
+                        raise APIError(500, ev.error, type_="server_error")
+                    dones.append(ev)
+            return dones
 
         async def gone() -> None:
             while (await request.receive())["type"] != "http.disconnect":
@@ -336,13 +356,12 @@ class Server:
             watcher.cancel()
             if not waiter.done():
                 waiter.cancel()
-                self.engine.abort(rid)
+                self._abort(rids)
+            elif waiter.exception() is not None:
+                self._abort(rids)                  # one request of a batch failed: the others are not waited for
         if not waiter.done() or waiter.cancelled():
             return None
-        ev = waiter.result()
-        if ev.error:
-            raise APIError(500, ev.error, type_="server_error")
-        return ev
+        return waiter.result()
 
 
 def build_app(llm: LLM, served_model_name: str, limits: ServeLimits | None = None) -> FastAPI:

@@ -51,18 +51,21 @@ class AsyncEngine:
     def __init__(self, llm: LLM):
         self.llm = llm
         self.inbox: queue.Queue = queue.Queue()
-        self.streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self.streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue, int]] = {}  # rid -> loop, q, index0
         self.stats = EngineStats()
         self.paused = False                     # /pause_generation: queued requests wait until /continue_generation
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run, name="nemoh-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, token_ids: list[int], params: SamplingParams) -> tuple[str, asyncio.Queue]:
-        """Queue a tokenised prompt (already checked by `LLM.validate_request`); returns its id and event queue."""
+    def submit(self, token_ids: list[int], params: SamplingParams, q: asyncio.Queue | None = None,
+               first_index: int = 0) -> tuple[str, asyncio.Queue]:
+        """Queue a tokenised prompt (already checked by `LLM.validate_request`); returns its id and event queue.
+        Several requests may share one queue (a batch of prompts): their TokenEvents then carry choice indices
+        starting at `first_index`, and the queue receives one DoneEvent per request."""
         rid = f"req-{next(self._ids)}"
-        q: asyncio.Queue = asyncio.Queue()
-        self.streams[rid] = (asyncio.get_running_loop(), q)
+        q = q if q is not None else asyncio.Queue()
+        self.streams[rid] = (asyncio.get_running_loop(), q, first_index)
         self.inbox.put(("add", rid, token_ids, params))
         return rid, q
 
@@ -93,7 +96,9 @@ class AsyncEngine:
     def _emit(self, rid: str, event: Any) -> None:
         target = self.streams.get(rid)
         if target is not None:
-            loop, q = target
+            loop, q, first = target
+            if isinstance(event, TokenEvent):
+                event.index += first
             loop.call_soon_threadsafe(q.put_nowait, event)
 
     def _finish(self, rid: str, event: DoneEvent) -> None:

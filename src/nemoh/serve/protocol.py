@@ -8,7 +8,7 @@ slots) is checked afterwards by `LLM.validate_request`.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -270,22 +270,19 @@ class ChatCompletionRequest(_Sampling):
         return [t.model_dump(exclude_unset=True) for t in self.tools]
 
 
+MAX_PROMPTS = 256     # prompts in one /v1/completions batch (each is a request of n samples to the engine)
+TextPrompt = Annotated[str, Field(min_length=1)]
+IdsPrompt = Annotated[list[TokenId], Field(min_length=1)]
+
+
 class CompletionRequest(_Sampling):
-    prompt: (Annotated[str, Field(min_length=1)] | Annotated[list[TokenId], Field(min_length=1)]
-             | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=1)]
-             | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=1)])
+    prompt: (TextPrompt | IdsPrompt | Annotated[list[TextPrompt], Field(min_length=1, max_length=MAX_PROMPTS)]
+             | Annotated[list[IdsPrompt], Field(min_length=1, max_length=MAX_PROMPTS)])
     max_tokens: int | None = Field(16, ge=1, lt=2**31)
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     best_of: int | None = Field(None, ge=1, le=256)
     suffix: str | None = None
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _one_prompt(cls, v: Any) -> Any:
-        if isinstance(v, list) and len(v) > 1 and all(isinstance(p, (str, list)) for p in v):
-            raise ValueError(f"one prompt per request (got a batch of {len(v)}); send them as separate requests")
-        return v
 
     @field_validator("echo")
     @classmethod
@@ -308,7 +305,10 @@ class CompletionRequest(_Sampling):
     def sampling_params(self) -> SamplingParams:
         return self._params(self.max_tokens, self.logprobs)
 
-    def prompt_value(self) -> str | list[int]:
-        """The single prompt: a string or token ids (a one-element batch is unwrapped)."""
+    def prompts(self) -> list[tuple[str, str | list[int]]]:
+        """(field name for errors, prompt) per prompt: one string or id list is `prompt`, a batch `prompt[i]`.
+        Choices come back prompt-major, as in OpenAI: choice index = prompt index * n + sample index."""
         p = self.prompt
-        return p[0] if isinstance(p, list) and isinstance(p[0], (str, list)) else p
+        if isinstance(p, list) and isinstance(p[0], (str, list)):
+            return [(f"prompt[{i}]", x) for i, x in enumerate(cast(list[str | list[int]], p))]
+        return [("prompt", cast(str | list[int], p))]
