@@ -374,13 +374,16 @@ def test_streams_are_complete_and_equal_under_load(server):
 
 
 def test_health_answers_while_big_prompts_are_prepared(server):
-    """Rendering and tokenisation run in worker threads: /health keeps answering while big prompts are prepared
-    (the 5 MB prompt of the report is refused by its length before any tokenising: a byte-level vocabulary cannot
-    fit it into 1024 tokens). Only answers are asserted: on a shared 2-core machine a latency bound would measure
-    the machine's load; bench/bench_serve_load.py measures /health latency under load."""
+    """Bodies above 256 KiB are parsed, rendered and tokenised in worker processes (those C calls hold the GIL for
+    their whole length: in a thread they stalled /health 0.1-9 s). /health keeps answering while big prompts are
+    prepared; /metrics counts where each body was prepared. Only answers and counts are asserted: on a shared
+    2-core machine a latency bound would measure the machine's load; `bench/bench_serve_load.py --health` measures
+    /health latency (threads vs processes, bench/RESULTS.md)."""
     huge = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "y" * 5_000_000}]}).encode()
     tokenised = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "é a" * 21_000}]}).encode()
-    clients = [httpx.Client(base_url=server, timeout=120) for _ in range(5)]
+    tokenised = tokenised[:-1] + b" " * 200_000 + b"}"     # past 256 KiB, its text short enough to be tokenised
+    before = metrics(server)
+    clients = [httpx.Client(base_url=server, timeout=300) for _ in range(5)]
     with ThreadPoolExecutor(4) as pool:
         bigs = [pool.submit(c.post, "/v1/chat/completions", content=body)
                 for c, body in zip(clients, [huge, tokenised, tokenised, huge])]
@@ -394,3 +397,25 @@ def test_health_answers_while_big_prompts_are_prepared(server):
     assert health >= 1 and [r.status_code for r in answers] == [400] * 4
     assert "characters cannot fit" in answers[0].json()["error"]["message"]         # refused before tokenising
     assert "tokens leave no room" in answers[1].json()["error"]["message"]             # tokenised, then refused
+    after = metrics(server)
+    assert after["requests_prepared_in_process_total"] - before["requests_prepared_in_process_total"] == 4
+
+
+def test_a_large_body_prepared_in_a_worker_process_gets_the_same_answer(server):
+    """The same request, its body padded with JSON whitespace past 256 KiB, goes through a worker process (parse,
+    validate, render, tokenise there, ids back): same answer, same field-named errors as in a thread."""
+    body = {"model": "tiny", "messages": SCRIPTS[0][0], "temperature": 0, "max_tokens": 100, "logprobs": True}
+    small = json.dumps(body).encode()
+    padded = small[:-1] + b" " * 300_000 + b"}"
+    bad = {**body, "messages": [{"role": "user", "content": "x"}, {"role": 7, "content": "x"}]}
+    before = metrics(server)
+    with httpx.Client(base_url=server, timeout=300) as c:
+        answers = [c.post("/v1/chat/completions", content=raw).json() for raw in (small, padded)]
+        errors = [c.post("/v1/chat/completions", content=raw).json() for raw in (
+            json.dumps(bad).encode(), json.dumps(bad).encode()[:-1] + b" " * 300_000 + b"}")]
+    after = metrics(server)
+    assert after["requests_prepared_in_process_total"] - before["requests_prepared_in_process_total"] == 2
+    assert after["requests_prepared_in_thread_total"] - before["requests_prepared_in_thread_total"] >= 2
+    assert answers[0]["choices"] == answers[1]["choices"] and answers[0]["usage"] == answers[1]["usage"]
+    assert answers[0]["choices"][0]["message"]["content"] == "\nHello there!"
+    assert errors[0] == errors[1] and errors[0]["error"]["param"] == "messages[1].role"
