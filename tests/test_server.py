@@ -108,6 +108,46 @@ def test_tool_calls_are_json(client):
     assert json.loads(calls[0].function.arguments) == {"city": "Paris", "days": 3, "metric": True}
 
 
+TIME_TOOL = {"type": "function", "function": {
+    "name": "get_time", "description": "The time in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def _calls(r) -> tuple[str, list[str]]:
+    choice = r.choices[0]
+    return choice.finish_reason, [c.function.name for c in choice.message.tool_calls or []]
+
+
+def test_tool_choice_is_enforced(client):
+    """none: no tools in the prompt, no parsing, even where the model was trained to call one; a named function:
+    that function, also where the model was trained to call another; "required": a tool call (the server writes
+    the call's opening, the model the rest). A name not in tools is a 400 naming tool_choice."""
+    weather, hi = SCRIPTS[2][0], SCRIPTS[0][0]
+    kw = dict(model="tiny", temperature=0, max_tokens=200, tools=[WEATHER_TOOL, TIME_TOOL])
+    auto = client.chat.completions.create(messages=weather, **kw)
+    assert _calls(auto) == ("tool_calls", ["get_weather"])
+    none = client.chat.completions.create(messages=weather, tool_choice="none", **kw)
+    assert none.choices[0].message.tool_calls is None and none.choices[0].finish_reason != "tool_calls"
+    assert none.usage.prompt_tokens < auto.usage.prompt_tokens          # the tools were left out of the prompt
+    for messages in (hi, weather):
+        named = client.chat.completions.create(
+            messages=messages, tool_choice={"type": "function", "function": {"name": "get_time"}}, **kw)
+        assert _calls(named) == ("tool_calls", ["get_time"])
+        assert isinstance(json.loads(named.choices[0].message.tool_calls[0].function.arguments), dict)
+        required = client.chat.completions.create(messages=messages, tool_choice="required", **kw)
+        finish, names = _calls(required)
+        assert finish == "tool_calls" and len(names) >= 1
+        stream = client.chat.completions.create(messages=messages, tool_choice="required", stream=True, **kw)
+        streamed = [tc for chunk in stream for ch in chunk.choices for tc in (ch.delta.tool_calls or [])]
+        assert [(c.function.name, c.function.arguments) for c in streamed] == \
+            [(c.function.name, c.function.arguments) for c in required.choices[0].message.tool_calls]
+    for choice in ({"type": "function", "function": {"name": "get_stock"}}, "required"):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(messages=hi, tool_choice=choice,
+                                           **{**kw, "tools": [WEATHER_TOOL] if "function" in choice else None})
+        assert e.value.body["param"] == "tool_choice"
+
+
 def test_completions_n_stop_logprobs(client):
     r = client.completions.create(model="tiny", prompt="Hello", max_tokens=8, n=3, temperature=1.0, seed=7, logprobs=2)
     assert len(r.choices) == 3 and all(len(c.logprobs.token_logprobs) == 8 for c in r.choices)

@@ -145,7 +145,8 @@ class Server:
         in_thought = self.llm.ends_in_thought(ids)
         rid, q = self.engine.submit(ids, params)
         if req.stream:
-            return self._stream([rid], self._chat_stream(q, req, params, len(ids), in_thought))
+            return self._stream([rid], self._chat_stream(q, req, params, len(ids), in_thought,
+                                                         prepared.assistant_prefix))
         dones = await self._wait([rid], q, request)
         if dones is None:
             return Response(status_code=499)
@@ -157,7 +158,8 @@ class Server:
             split = self._splitter(req, in_thought)
             for t in c.token_ids:
                 split.add(t)
-            text = visible_text(split.content.text, params, True, c.stop_reason)
+            # a forced tool call's opening was written by the server: the answer is that and what the model added
+            text = prepared.assistant_prefix + visible_text(split.content.text, params, True, c.stop_reason)
             content, calls = parse_tool_calls(text, tools) if tools else (text, [])
             message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else ""),
                                        "reasoning_content": split.reasoning.text or None}
@@ -176,7 +178,7 @@ class Server:
                              "usage": self._usage(len(ids), completion_tokens)})
 
     async def _chat_stream(self, q: asyncio.Queue, req: ChatCompletionRequest, params: SamplingParams,
-                           prompt_len: int, in_thought: bool) -> AsyncIterator[str]:
+                           prompt_len: int, in_thought: bool, prefix: str) -> AsyncIterator[str]:
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": self.name}
         tools = req.template_tools()
@@ -193,7 +195,7 @@ class Server:
             i = ev.index
             counts[i] += 1
             r_delta, _ = splits[i].add(ev.token_id)
-            text = splits[i].content.text
+            text = prefix + splits[i].content.text
             tool_mode[i] = tool_mode[i] or bool(tools and "<tool_call>" in text)
             delta: dict[str, Any] = {}
             if r_delta:

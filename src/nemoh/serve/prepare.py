@@ -21,9 +21,11 @@ from typing import Generic, TypeVar
 from pydantic import ValidationError
 
 from ..tokenizer import Tokenizer
+from ..tokenizer.tokenizer import THINK_END, THINK_START
 from .body import parse_json
 from .errors import APIError, from_validation_errors, from_value_error
 from .protocol import ChatCompletionRequest, CompletionRequest
+from .tool_parser import call_opening
 
 M = TypeVar("M", ChatCompletionRequest, CompletionRequest)
 
@@ -33,6 +35,7 @@ class Prepared(Generic[M]):
     request: M                 # validated; its prompt text left out (the ids carry it back from a worker process)
     ids: list[list[int]]       # one id list per prompt (chat: one)
     fields: list[str]          # the field each prompt came from, for errors: messages, prompt, prompt[i]
+    assistant_prefix: str = ""  # what the server wrote into the assistant turn (a forced tool call's opening)
     in_process: bool = False   # prepared in a worker process
 
 
@@ -89,9 +92,15 @@ class RequestPrep:
 
     def chat(self, raw: bytes) -> Prepared[ChatCompletionRequest]:
         req = self.parse(raw, ChatCompletionRequest)
-        ids = self.encode(self.render(req), "messages")
+        text, prefix = self.render(req), ""
+        forced = req.forced_function()
+        if forced is not None:   # tool_choice "required" or named: the answer starts as that tool call
+            prefix = call_opening(forced)
+            if text.rfind(THINK_START) > text.rfind(THINK_END):
+                text += THINK_END + "\n"         # a thought the template opened is closed: the call is the answer
+        ids = self.encode(text + prefix, "messages")
         # the text stays here, the ids carry it (a worker process pickles only what it returns)
-        return Prepared(req.model_copy(update={"messages": []}), [ids], ["messages"])
+        return Prepared(req.model_copy(update={"messages": []}), [ids], ["messages"], prefix)
 
     def completion(self, raw: bytes) -> Prepared[CompletionRequest]:
         req = self.parse(raw, CompletionRequest)
