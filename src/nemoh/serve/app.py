@@ -118,6 +118,11 @@ class Server:
             raise APIError(400, f"max_tokens: {params.max_tokens} + {len(ids)} prompt tokens exceed the context "
                                 f"of {self.llm.max_model_len} tokens", "max_tokens")
 
+    def _check_chat(self, ids: list[int], params: SamplingParams) -> bool:
+        """_check, then whether the prompt leaves the model inside a thought."""
+        self._check(ids, params, "messages")
+        return self.llm.ends_in_thought(ids)
+
     # ---- helpers -----------------------------------------------------------------------------------------------
     def _token(self, t: int) -> str:
         return self.tok.decode([t], skip_special_tokens=False)
@@ -141,8 +146,7 @@ class Server:
         prepared = await self._request(request, "chat")
         req, ids = cast(ChatCompletionRequest, prepared.request), prepared.ids[0]
         params = req.sampling_params()
-        await asyncio.to_thread(self._check, ids, params, "messages")   # a loop over up to a context of ids
-        in_thought = self.llm.ends_in_thought(ids)
+        in_thought = await asyncio.to_thread(self._check_chat, ids, params)   # loops over up to a context of ids
         rid, q = self.engine.submit(ids, params)
         if req.stream:
             return self._stream([rid], self._chat_stream(q, req, params, len(ids), in_thought,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -118,6 +119,7 @@ _WORKER: RequestPrep | None = None       # a worker process's own RequestPrep (s
 def _init_worker(prep: RequestPrep) -> None:
     global _WORKER
     _WORKER = prep
+    os.nice(5)   # preparing a body is batch work: on a busy CPU the server's event loop and engine thread go first
     try:  # compile the chat template once per worker, not on its first request
         prep.tok.apply_chat_template([{"role": "user", "content": "hi"}])
     except Exception:  # no template, or one that wants more: requests will say so
