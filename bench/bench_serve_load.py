@@ -2,6 +2,11 @@
 hostile client in the mix. Prints requests/s, p50/p99 latency and time to first token, and the ratios.
 
     python bench/bench_serve_load.py [--clients 16] [--requests 8] [--max-tokens 32]
+    python bench/bench_serve_load.py --health [--clients 4]
+
+`--health` instead measures /health latency while `--clients` threads post 5 MB chat bodies, with the bodies
+prepared in threads (`--prepare-processes 0`) and in worker processes (the default), at a context of 1024 tokens
+(the prompt is refused by its length before tokenising) and of 80,000 (it is tokenised, then refused).
 
 The hostile client loops over requests that used to hurt others: malformed bodies, out-of-vocabulary stop ids with
 min_tokens, lone surrogates, 9 MB bodies, prompts far beyond the context, and streams it abandons after two chunks.
@@ -15,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -107,13 +113,94 @@ async def run_phase(base: str, clients: int, per_client: int, max_tokens: int, w
             "p50": statistics.median(lat), "p99": q[98], "ttft_p50": statistics.median(ttft), "hostile": hostile_sent}
 
 
+def _poll_health(base: str, stop: threading.Event, out: list[float]) -> None:
+    with httpx.Client(base_url=base, timeout=600) as c:
+        while not stop.is_set():
+            t = time.perf_counter()
+            try:
+                c.get("/health")
+            except httpx.TransportError:   # a keep-alive connection the stalled server closed late: count the wait
+                pass
+            out.append(time.perf_counter() - t)
+            time.sleep(0.01)
+
+
+def _polled(base: str, work) -> list[float]:
+    """/health latencies (s) measured every 10 ms while `work()` runs."""
+    lat: list[float] = []
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll_health, args=(base, stop, lat))
+    poller.start()
+    try:
+        work()
+    finally:
+        stop.set()
+        poller.join()
+    return lat
+
+
+def health_phase(path: Path, context: int, processes: int, clients: int) -> tuple[list[float], list[float]]:
+    """(/health latencies idle, /health latencies while `clients` threads each post a 5 MB chat body twice)."""
+    proc, base = _start(path, "--max-model-len", str(context), "--max-num-seqs", "4",
+                        "--prepare-processes", str(processes))
+    raw = json.dumps({"model": "tiny", "max_tokens": 4,
+                      "messages": [{"role": "user", "content": ("a long prompt, " * 400_000)[:5_000_000]}]}).encode()
+
+    def post() -> None:
+        with httpx.Client(base_url=base, timeout=600) as c:
+            for _ in range(2):
+                assert c.post("/v1/chat/completions", content=raw).status_code == 400   # too long for the context
+
+    try:
+        post()                                        # warm-up: worker processes start, templates compile
+        idle = _polled(base, lambda: time.sleep(2))
+        threads = [threading.Thread(target=post) for _ in range(clients)]
+        busy = _polled(base, lambda: [t.start() for t in threads] and [t.join() for t in threads])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return idle, busy
+
+
+def _start(path: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "nemoh.cli.main", "serve", str(path), "--port", str(port),
+                             "--served-model-name", "tiny", *args], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(1200):
+        try:
+            httpx.get(base + "/health", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return proc, base
+
+
+def main_health(clients: int) -> None:
+    ms = 1e3
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tiny"
+        init_tiny(path, seed=0)
+        print(f"/health every 10 ms while {clients} clients each post a 5 MB chat body twice (ms)")
+        print(f"{'context':>8} {'prepared in':<12}{'idle p50':>9}{'idle max':>9}{'p50':>8}{'p99':>8}{'max':>8}")
+        for context in (1024, 80_000):
+            for processes, where in ((0, "threads"), (2, "processes")):
+                idle, busy = health_phase(path, context, processes, clients)
+                p99 = sorted(busy)[int(0.99 * (len(busy) - 1))]      # an observed value, not extrapolated
+                print(f"{context:>8} {where:<12}{statistics.median(idle) * ms:9.1f}{max(idle) * ms:9.1f}"
+                      f"{statistics.median(busy) * ms:8.1f}{p99 * ms:8.1f}{max(busy) * ms:8.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=8, help="requests per client")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-num-seqs", type=int, default=32)
+    ap.add_argument("--health", action="store_true", help="measure /health latency under 5 MB bodies instead")
     args = ap.parse_args()
+    if args.health:
+        return main_health(args.clients if args.clients != 16 else 4)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "tiny"
         init_tiny(path, seed=0)

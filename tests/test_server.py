@@ -108,6 +108,46 @@ def test_tool_calls_are_json(client):
     assert json.loads(calls[0].function.arguments) == {"city": "Paris", "days": 3, "metric": True}
 
 
+TIME_TOOL = {"type": "function", "function": {
+    "name": "get_time", "description": "The time in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def _calls(r) -> tuple[str, list[str]]:
+    choice = r.choices[0]
+    return choice.finish_reason, [c.function.name for c in choice.message.tool_calls or []]
+
+
+def test_tool_choice_is_enforced(client):
+    """none: no tools in the prompt, no parsing, even where the model was trained to call one; a named function:
+    that function, also where the model was trained to call another; "required": a tool call (the server writes
+    the call's opening, the model the rest). A name not in tools is a 400 naming tool_choice."""
+    weather, hi = SCRIPTS[2][0], SCRIPTS[0][0]
+    kw = dict(model="tiny", temperature=0, max_tokens=200, tools=[WEATHER_TOOL, TIME_TOOL])
+    auto = client.chat.completions.create(messages=weather, **kw)
+    assert _calls(auto) == ("tool_calls", ["get_weather"])
+    none = client.chat.completions.create(messages=weather, tool_choice="none", **kw)
+    assert none.choices[0].message.tool_calls is None and none.choices[0].finish_reason != "tool_calls"
+    assert none.usage.prompt_tokens < auto.usage.prompt_tokens          # the tools were left out of the prompt
+    for messages in (hi, weather):
+        named = client.chat.completions.create(
+            messages=messages, tool_choice={"type": "function", "function": {"name": "get_time"}}, **kw)
+        assert _calls(named) == ("tool_calls", ["get_time"])
+        assert isinstance(json.loads(named.choices[0].message.tool_calls[0].function.arguments), dict)
+        required = client.chat.completions.create(messages=messages, tool_choice="required", **kw)
+        finish, names = _calls(required)
+        assert finish == "tool_calls" and len(names) >= 1
+        stream = client.chat.completions.create(messages=messages, tool_choice="required", stream=True, **kw)
+        streamed = [tc for chunk in stream for ch in chunk.choices for tc in (ch.delta.tool_calls or [])]
+        assert [(c.function.name, c.function.arguments) for c in streamed] == \
+            [(c.function.name, c.function.arguments) for c in required.choices[0].message.tool_calls]
+    for choice in ({"type": "function", "function": {"name": "get_stock"}}, "required"):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(messages=hi, tool_choice=choice,
+                                           **{**kw, "tools": [WEATHER_TOOL] if "function" in choice else None})
+        assert e.value.body["param"] == "tool_choice"
+
+
 def test_completions_n_stop_logprobs(client):
     r = client.completions.create(model="tiny", prompt="Hello", max_tokens=8, n=3, temperature=1.0, seed=7, logprobs=2)
     assert len(r.choices) == 3 and all(len(c.logprobs.token_logprobs) == 8 for c in r.choices)
@@ -374,13 +414,16 @@ def test_streams_are_complete_and_equal_under_load(server):
 
 
 def test_health_answers_while_big_prompts_are_prepared(server):
-    """Rendering and tokenisation run in worker threads: /health keeps answering while big prompts are prepared
-    (the 5 MB prompt of the report is refused by its length before any tokenising: a byte-level vocabulary cannot
-    fit it into 1024 tokens). Only answers are asserted: on a shared 2-core machine a latency bound would measure
-    the machine's load; bench/bench_serve_load.py measures /health latency under load."""
+    """Bodies above 256 KiB are parsed, rendered and tokenised in worker processes (those C calls hold the GIL for
+    their whole length: in a thread they stalled /health 0.1-9 s). /health keeps answering while big prompts are
+    prepared; /metrics counts where each body was prepared. Only answers and counts are asserted: on a shared
+    2-core machine a latency bound would measure the machine's load; `bench/bench_serve_load.py --health` measures
+    /health latency (threads vs processes, bench/RESULTS.md)."""
     huge = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "y" * 5_000_000}]}).encode()
     tokenised = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "é a" * 21_000}]}).encode()
-    clients = [httpx.Client(base_url=server, timeout=120) for _ in range(5)]
+    tokenised = tokenised[:-1] + b" " * 200_000 + b"}"     # past 256 KiB, its text short enough to be tokenised
+    before = metrics(server)
+    clients = [httpx.Client(base_url=server, timeout=300) for _ in range(5)]
     with ThreadPoolExecutor(4) as pool:
         bigs = [pool.submit(c.post, "/v1/chat/completions", content=body)
                 for c, body in zip(clients, [huge, tokenised, tokenised, huge])]
@@ -394,3 +437,25 @@ def test_health_answers_while_big_prompts_are_prepared(server):
     assert health >= 1 and [r.status_code for r in answers] == [400] * 4
     assert "characters cannot fit" in answers[0].json()["error"]["message"]         # refused before tokenising
     assert "tokens leave no room" in answers[1].json()["error"]["message"]             # tokenised, then refused
+    after = metrics(server)
+    assert after["requests_prepared_in_process_total"] - before["requests_prepared_in_process_total"] == 4
+
+
+def test_a_large_body_prepared_in_a_worker_process_gets_the_same_answer(server):
+    """The same request, its body padded with JSON whitespace past 256 KiB, goes through a worker process (parse,
+    validate, render, tokenise there, ids back): same answer, same field-named errors as in a thread."""
+    body = {"model": "tiny", "messages": SCRIPTS[0][0], "temperature": 0, "max_tokens": 100, "logprobs": True}
+    small = json.dumps(body).encode()
+    padded = small[:-1] + b" " * 300_000 + b"}"
+    bad = {**body, "messages": [{"role": "user", "content": "x"}, {"role": 7, "content": "x"}]}
+    before = metrics(server)
+    with httpx.Client(base_url=server, timeout=300) as c:
+        answers = [c.post("/v1/chat/completions", content=raw).json() for raw in (small, padded)]
+        errors = [c.post("/v1/chat/completions", content=raw).json() for raw in (
+            json.dumps(bad).encode(), json.dumps(bad).encode()[:-1] + b" " * 300_000 + b"}")]
+    after = metrics(server)
+    assert after["requests_prepared_in_process_total"] - before["requests_prepared_in_process_total"] == 2
+    assert after["requests_prepared_in_thread_total"] - before["requests_prepared_in_thread_total"] >= 2
+    assert answers[0]["choices"] == answers[1]["choices"] and answers[0]["usage"] == answers[1]["usage"]
+    assert answers[0]["choices"][0]["message"]["content"] == "\nHello there!"
+    assert errors[0] == errors[1] and errors[0]["error"]["param"] == "messages[1].role"

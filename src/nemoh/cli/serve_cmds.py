@@ -39,6 +39,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm/sglang only")
     p.add_argument("--dry-run", action="store_true", help="vllm/sglang: print the command instead of running it")
     p.add_argument("--max-body-bytes", type=int, default=8 * 2**20, help="request bodies above this get 413")
+    p.add_argument("--prepare-processes", type=int, default=2,
+                   help="worker processes that parse, render and tokenise bodies above 256 KiB (0: threads only)")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -58,7 +60,8 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..serve import ServeLimits, build_app
-    app = build_app(_llm(args), name, ServeLimits(max_body_bytes=args.max_body_bytes))
+    app = build_app(_llm(args), name, ServeLimits(max_body_bytes=args.max_body_bytes,
+                                                          prepare_processes=args.prepare_processes))
     console.print(f"serving [bold]{name}[/] on http://{args.host}:{args.port}/v1")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -1,19 +1,21 @@
 """The OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics.
 
-A request goes: body (size-limited, strict JSON) -> pydantic model (protocol.py) -> prompt ids (template rendering
-and tokenisation in a worker thread, so the event loop keeps answering) -> `LLM.validate_request` -> the engine
-thread. Reasoning (`<think>`) is split at the token level into `reasoning_content`; tool calls in the qwen3_coder
-XML form become `tool_calls`; a client that disconnects has its request aborted.
+A request goes: body (size-limited) -> strict JSON, pydantic model (protocol.py), template rendering and
+tokenisation (prepare.py: in a worker thread, or a worker process for large bodies, so the event loop keeps
+answering) -> `LLM.validate_request` -> the engine thread. Reasoning (`<think>`) is split at the token level into
+`reasoning_content`; tool calls in the qwen3_coder XML form become `tool_calls`; a client that disconnects has its
+request aborted.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import (
@@ -26,14 +28,14 @@ from starlette.background import BackgroundTask
 
 from ..engine import LLM, SamplingParams
 from .async_engine import AsyncEngine, DoneEvent, TokenEvent
-from .body import BodyLimit, parse_json
+from .body import BodyLimit
 from .errors import APIError, from_value_error, install_error_handlers, strict_dumps
+from .prepare import Prepared, Preparer, RequestPrep
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .reasoning import ChannelDecoder, ReasoningSplitter
 from .sglang_api import sglang_router
 from .tool_parser import parse_tool_calls
 
-M = TypeVar("M", ChatCompletionRequest, CompletionRequest)
 MIN_LOGPROB = -9999.0        # OpenAI's stand-in for log(0): -inf is not JSON
 
 
@@ -41,12 +43,18 @@ MIN_LOGPROB = -9999.0        # OpenAI's stand-in for log(0): -inf is not JSON
 class ServeLimits:
     max_body_bytes: int = 8 * 2**20      # larger bodies get 413 before they are read
     max_json_depth: int = 64             # deeper JSON gets 400 (tool schemas need a few levels, not hundreds)
+    prepare_processes: int = 2           # worker processes preparing large bodies (0: all in threads)
+    process_body_bytes: int = 256 * 2**10  # bodies above this are prepared in a worker process (see prepare.py)
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes: must be >= 1024, got {self.max_body_bytes}")
         if not 8 <= self.max_json_depth <= 512:
             raise ValueError(f"max_json_depth: must be in [8, 512], got {self.max_json_depth}")
+        if not 0 <= self.prepare_processes <= 64:
+            raise ValueError(f"prepare_processes: must be in [0, 64], got {self.prepare_processes}")
+        if self.process_body_bytes < 0:
+            raise ValueError(f"process_body_bytes: must be >= 0, got {self.process_body_bytes}")
 
 
 def _sse(obj: dict[str, Any]) -> str:
@@ -85,27 +93,17 @@ class Server:
             pass                                   # no template, or one that wants more: requests will say so
         longest = max(len(self.tok.decode([i], skip_special_tokens=False)) for i in range(self.tok.vocab_size))
         self.max_prompt_chars = 4 * llm.max_model_len * max(longest, 1)
+        self.prepare = Preparer(RequestPrep(self.tok, limits.max_json_depth, self.max_prompt_chars,
+                                            llm.max_model_len), limits.prepare_processes, limits.process_body_bytes)
 
-    # ---- request -> prompt ids (runs in a worker thread) -------------------------------------------------------
-    async def _request(self, request: Request, model: type[M]) -> M:
-        raw = await request.body()
-        req = await asyncio.to_thread(self._parse, raw, model)
+    # ---- request -> prompt ids (in a worker thread or, for large bodies, a worker process) ----------------------
+    async def _request(self, request: Request, kind: str) -> Prepared:
+        prepared = await self.prepare(kind, await request.body())
+        req = prepared.request
         if req.model is not None and req.model != self.name:
             raise APIError(404, f"model: '{req.model}' does not exist; this server serves '{self.name}'", "model",
                            code="model_not_found")
-        return req
-
-    def _parse(self, raw: bytes, model: type[M]) -> M:
-        body = parse_json(raw, self.limits.max_json_depth)
-        if not isinstance(body, dict):
-            raise APIError(400, "request body: must be a JSON object", "body")
-        return model.model_validate(body)
-
-    def _encode(self, text: str, field: str) -> list[int]:
-        if len(text) > self.max_prompt_chars:
-            raise APIError(400, f"{field}: {len(text)} characters cannot fit the context of {self.llm.max_model_len} "
-                                "tokens", field)
-        return self.tok.encode(text)
+        return prepared
 
     def _check(self, ids: list[int], params: SamplingParams, field: str) -> None:
         """What depends on the loaded model: vocabulary, context, slots (LLM.validate_request), max_tokens."""
@@ -120,28 +118,10 @@ class Server:
             raise APIError(400, f"max_tokens: {params.max_tokens} + {len(ids)} prompt tokens exceed the context "
                                 f"of {self.llm.max_model_len} tokens", "max_tokens")
 
-    def _chat_ids(self, req: ChatCompletionRequest, params: SamplingParams) -> list[int]:
-        try:
-            text = self.tok.apply_chat_template(req.template_messages(), tools=req.template_tools(),
-                                                add_generation_prompt=True, **(req.chat_template_kwargs or {}))
-        except (ValueError, TypeError, LookupError, AttributeError) as e:  # the template rejected this request
-            err = from_value_error(ValueError(str(e)))
-            raise APIError(400, err.message if err.param else f"messages: the chat template could not render "
-                                                               f"them ({e})", err.param or "messages") from e
-        except Exception as e:  # jinja errors (TemplateError, SecurityError) are the request's fault too
-            raise APIError(400, f"messages: the chat template could not render them ({type(e).__name__}: {e})",
-                           "messages") from e
-        ids = self._encode(text, "messages")
+    def _check_chat(self, ids: list[int], params: SamplingParams) -> bool:
+        """_check, then whether the prompt leaves the model inside a thought."""
         self._check(ids, params, "messages")
-        return ids
-
-    def _completion_ids(self, req: CompletionRequest, params: SamplingParams) -> list[list[int]]:
-        batch = []
-        for field, prompt in req.prompts():
-            ids = self._encode(prompt, field) if isinstance(prompt, str) else list(prompt)
-            self._check(ids, params, field)
-            batch.append(ids)
-        return batch
+        return self.llm.ends_in_thought(ids)
 
     # ---- helpers -----------------------------------------------------------------------------------------------
     def _token(self, t: int) -> str:
@@ -163,13 +143,14 @@ class Server:
 
     # ---- /v1/chat/completions ----------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
-        req = await self._request(request, ChatCompletionRequest)
+        prepared = await self._request(request, "chat")
+        req, ids = cast(ChatCompletionRequest, prepared.request), prepared.ids[0]
         params = req.sampling_params()
-        ids = await asyncio.to_thread(self._chat_ids, req, params)
-        in_thought = self.llm.ends_in_thought(ids)
+        in_thought = await asyncio.to_thread(self._check_chat, ids, params)   # loops over up to a context of ids
         rid, q = self.engine.submit(ids, params)
         if req.stream:
-            return self._stream([rid], self._chat_stream(q, req, params, len(ids), in_thought))
+            return self._stream([rid], self._chat_stream(q, req, params, len(ids), in_thought,
+                                                         prepared.assistant_prefix))
         dones = await self._wait([rid], q, request)
         if dones is None:
             return Response(status_code=499)
@@ -181,7 +162,8 @@ class Server:
             split = self._splitter(req, in_thought)
             for t in c.token_ids:
                 split.add(t)
-            text = visible_text(split.content.text, params, True, c.stop_reason)
+            # a forced tool call's opening was written by the server: the answer is that and what the model added
+            text = prepared.assistant_prefix + visible_text(split.content.text, params, True, c.stop_reason)
             content, calls = parse_tool_calls(text, tools) if tools else (text, [])
             message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else ""),
                                        "reasoning_content": split.reasoning.text or None}
@@ -200,7 +182,7 @@ class Server:
                              "usage": self._usage(len(ids), completion_tokens)})
 
     async def _chat_stream(self, q: asyncio.Queue, req: ChatCompletionRequest, params: SamplingParams,
-                           prompt_len: int, in_thought: bool) -> AsyncIterator[str]:
+                           prompt_len: int, in_thought: bool, prefix: str) -> AsyncIterator[str]:
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": self.name}
         tools = req.template_tools()
@@ -217,7 +199,7 @@ class Server:
             i = ev.index
             counts[i] += 1
             r_delta, _ = splits[i].add(ev.token_id)
-            text = splits[i].content.text
+            text = prefix + splits[i].content.text
             tool_mode[i] = tool_mode[i] or bool(tools and "<tool_call>" in text)
             delta: dict[str, Any] = {}
             if r_delta:
@@ -249,9 +231,11 @@ class Server:
 
     # ---- /v1/completions ---------------------------------------------------------------------------------------
     async def completions(self, request: Request) -> Response:
-        req = await self._request(request, CompletionRequest)
+        prepared = await self._request(request, "completion")
+        req, batch = cast(CompletionRequest, prepared.request), prepared.ids
         params = req.sampling_params()
-        batch = await asyncio.to_thread(self._completion_ids, req, params)
+        for ids, field in zip(batch, prepared.fields):
+            await asyncio.to_thread(self._check, ids, params, field)
         q: asyncio.Queue = asyncio.Queue()       # one queue for the batch; choice index = prompt index * n + sample
         rids = [self.engine.submit(ids, params, q, first_index=i * params.n)[0] for i, ids in enumerate(batch)]
         prompt_tokens = sum(len(ids) for ids in batch)
@@ -367,7 +351,12 @@ class Server:
 def build_app(llm: LLM, served_model_name: str, limits: ServeLimits | None = None) -> FastAPI:
     limits = limits or ServeLimits()
     server = Server(llm, served_model_name, limits)
-    app = FastAPI(title="nemoh", version="0.1.0")
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        server.prepare.close()                 # the worker processes end with the server
+
+    app = FastAPI(title="nemoh", version="0.1.0", lifespan=lifespan)
     app.state.server = server
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
@@ -379,7 +368,7 @@ def build_app(llm: LLM, served_model_name: str, limits: ServeLimits | None = Non
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
         lines = []
-        for key, value in server.engine.metrics().items():
+        for key, value in {**server.engine.metrics(), **server.prepare.counts}.items():
             kind = "counter" if key.endswith("_total") else "gauge"
             lines += [f"# TYPE nemoh:{key} {kind}", f"nemoh:{key} {value}"]
         return PlainTextResponse("\n".join(lines) + "\n")

@@ -250,6 +250,8 @@ class ChatCompletionRequest(_Sampling):
     def _cross_fields(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs: true")
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise ValueError("tool_choice: 'required' or a named function needs tools")
         if isinstance(self.tool_choice, NamedToolChoice):
             names = {t.function.name for t in self.tools or []}
             if self.tool_choice.function.name not in names:
@@ -263,6 +265,12 @@ class ChatCompletionRequest(_Sampling):
     def template_messages(self) -> list[dict[str, Any]]:
         """Messages as the client spelled them (unset fields left out) for the chat template."""
         return [m.model_dump(exclude_unset=True) for m in self.messages]
+
+    def forced_function(self) -> str | None:
+        """What tool_choice forces: a function's name, "" for any function ("required"), None for nothing."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return "" if self.tool_choice == "required" else None
 
     def template_tools(self) -> list[dict[str, Any]] | None:
         if not self.tools or self.tool_choice == "none":

@@ -29,6 +29,14 @@ PARAM_RE = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=
 PY_LITERALS = {"True": True, "False": False, "None": None}
 
 
+def call_opening(name: str | None) -> str:
+    """The start of a tool call in this format, up to and including the function's name when one is given. The
+    server writes it into the assistant turn to enforce tool_choice (nemoh has no constrained decoding, where vLLM
+    uses guided JSON): a named function gets its full opening and the model writes the arguments; "required" gets
+    the opening up to the name and the model picks the function."""
+    return "<tool_call>\n<function=" + (f"{name}>\n" if name else "")
+
+
 def _dict(x: Any) -> dict[str, Any]:
     return x if isinstance(x, dict) else {}
 

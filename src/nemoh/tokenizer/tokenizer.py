@@ -79,6 +79,10 @@ class Tokenizer:
         return self._template.render(messages=normalize_messages(messages), tools=tools,
                                      add_generation_prompt=add_generation_prompt, **special, **kwargs)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles (e.g. to the server's worker processes) without the compiled template: rebuilt on first use."""
+        return {**self.__dict__, "_template": None}
+
 
 def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
             sort_keys: bool = False) -> str:
