@@ -13,29 +13,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attention import Attention
+from . import attention, layers, mamba, moe  # noqa: F401  (each registers its block kind)
+from .blocks import block_kind
 from .cache import HybridCache
 from .config import NemotronHConfig
 from .context import ForwardContext, cu_seqlens_to_seq_idx
-from .layers import MLP, RMSNorm
-from .mamba import Mamba2Mixer
-from .moe import MoE
+from .layers import RMSNorm
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Parameters that stay float32 whatever dtype the model is cast to (the SSM dynamics and the router).
 FP32_PARAM_SUFFIXES = ("A_log", "D", "dt_bias", "gate.weight", "gate.e_score_correction_bias")
-
-def _mixer(config: NemotronHConfig, kind: str, layer_idx: int) -> nn.Module:
-    if kind == "mamba":
-        return Mamba2Mixer(config, layer_idx)
-    if kind == "attention":
-        return Attention(config, layer_idx)
-    if kind == "moe":
-        return MoE(config, layer_idx)
-    if kind == "mlp":
-        return MLP(config.hidden_size, config.intermediate_size, config.mlp_bias)
-    raise NotImplementedError(f"block type {kind!r}")
 
 class Block(nn.Module):
     """Pre-norm residual block: h + mixer(RMSNorm(h))."""
@@ -44,7 +32,7 @@ class Block(nn.Module):
         super().__init__()
         self.kind = kind
         self.norm = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
-        self.mixer = _mixer(config, kind, layer_idx)
+        self.mixer = block_kind(kind).mixer(config, layer_idx)
 
     def forward(self, h: Tensor, ctx: ForwardContext) -> Tensor:
         return h + self.mixer(self.norm(h), ctx=ctx)
@@ -112,7 +100,7 @@ class NemotronHForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.backbone.embeddings.weight
         self.mtp = MTP(config) if config.num_nextn_predict_layers > 0 else None
-        self.moe_layers = [i for i, kind in enumerate(config.block_types) if kind == "moe"]
+        self.moe_layers = [i for i, kind in enumerate(config.block_types) if block_kind(kind).routes_experts]
 
     # ---- forward ----------------------------------------------------------------------------------------
     def forward(

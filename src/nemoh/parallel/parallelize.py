@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import nn
 
+from ..model.blocks import block_kind
 from ..model.config import NemotronHConfig
 
 if TYPE_CHECKING:
@@ -45,13 +46,11 @@ class ParallelConfig:
             raise ValueError(f"parallel: dp_replicate={self.dp_replicate} x dp_shard={dp} x tp={self.tp} x "
                              f"ep={self.ep} = {dp * fixed} does not match the world size {world_size}")
         if model is not None:
-            if model.num_attention_heads % self.tp or model.num_key_value_heads % self.tp:
-                raise ValueError(f"parallel.tp: {self.tp} must divide num_attention_heads={model.num_attention_heads} "
-                                 f"and num_key_value_heads={model.num_key_value_heads}")
-            if "mamba" in model.block_types and model.n_groups % self.tp:
-                raise ValueError(f"parallel.tp: {self.tp} must divide the Mamba n_groups={model.n_groups}")
-            if "moe" in model.block_types and model.n_routed_experts % self.ep:
-                raise ValueError(f"parallel.ep: {self.ep} must divide n_routed_experts={model.n_routed_experts}")
+            kinds = set(model.block_types) | (set(model.mtp_block_types) if model.num_nextn_predict_layers else set())
+            for name in sorted(kinds):                  # each kind says what divides it (model/blocks.py)
+                problem = block_kind(name).check_parallel(model, self.tp, self.ep)
+                if problem:
+                    raise ValueError(problem)
         return dataclasses.replace(self, dp_shard=dp)
 
 
