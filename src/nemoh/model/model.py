@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,9 @@ from .cache import HybridCache
 from .config import NemotronHConfig
 from .context import ForwardContext, cu_seqlens_to_seq_idx
 from .layers import RMSNorm
+
+if TYPE_CHECKING:
+    from ..parallel.parallelize import Layout
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -92,6 +95,9 @@ class CausalLMOutput:
     mtp_logits: Tensor | None = None    # (b, T-1, V): logits for token t+2 from h_t and token t+1, when asked
 
 class NemotronHForCausalLM(nn.Module):
+    config_class = NemotronHConfig                  # what checkpoint/ builds from config.json
+    keep_in_fp32: tuple[str, ...] = FP32_PARAM_SUFFIXES
+
     def __init__(self, config: NemotronHConfig):
         super().__init__()
         self.config = config
@@ -101,6 +107,8 @@ class NemotronHForCausalLM(nn.Module):
             self.lm_head.weight = self.backbone.embeddings.weight
         self.mtp = MTP(config) if config.num_nextn_predict_layers > 0 else None
         self.moe_layers = [i for i, kind in enumerate(config.block_types) if block_kind(kind).routes_experts]
+        self.source_dir: Path | None = None           # the directory it was loaded from (tokenizer files)
+        self.parallel_layout: Layout | None = None    # set by parallel.parallelize (None: one process, unsharded)
 
     # ---- forward ----------------------------------------------------------------------------------------
     def forward(
@@ -211,4 +219,5 @@ class NemotronHForCausalLM(nn.Module):
                         dtype: torch.dtype | None = None, tokenizer_dir: str | Path | None = None) -> None:
         """Write the Hub layout (same key names and shapes), sharded above `max_shard_size`, atomically."""
         from ..checkpoint import save_pretrained
-        save_pretrained(self, path, max_shard_size=max_shard_size, dtype=dtype, tokenizer_dir=tokenizer_dir)
+        save_pretrained(self, path, max_shard_size=max_shard_size, dtype=dtype, tokenizer_dir=tokenizer_dir,
+                        keep_in_fp32=self.keep_in_fp32)

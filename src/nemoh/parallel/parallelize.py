@@ -15,11 +15,10 @@ from torch import nn
 
 from ..model.blocks import block_kind
 from ..model.config import NemotronHConfig
+from ..model.model import NemotronHForCausalLM
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
-
-    from ..model.model import NemotronHForCausalLM
 
 
 @dataclass
@@ -113,7 +112,8 @@ SINGLE = Layout(ParallelConfig(dp_shard=1))
 
 
 def layout_of(model: nn.Module) -> Layout:
-    return getattr(model, "parallel_layout", SINGLE)
+    layout = model.parallel_layout if isinstance(model, NemotronHForCausalLM) else None
+    return layout if layout is not None else SINGLE
 
 
 def _device() -> str:
@@ -146,7 +146,7 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int, layout: 
         layout = build_layout(cfg, world_size, getattr(model, "config", None))
     cfg, mesh = layout.cfg, layout.mesh
     assert mesh is not None  # build_layout always builds a mesh
-    lm = cast("NemotronHForCausalLM", model)
+    lm = cast(NemotronHForCausalLM, model)
     hsdp = cfg.dp_replicate > 1                                   # then FSDP meshes are 2-D: (replicate, shard)
     dense_mesh = mesh["dp_replicate", "dp_shard_ep"] if hsdp else mesh["dp_shard_ep"]
     expert_mesh = mesh["dp_replicate", "dp_shard"] if hsdp else mesh["dp_shard"]
@@ -178,6 +178,5 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int, layout: 
     for m in sharded:  # a plain SUM (gloo has no PREMUL_SUM)
         m.set_gradient_divide_factor(1.0)
         m.set_force_sum_reduction_for_comms(True)
-    # nn.Module.__setattr__ is typed for tensors and modules only; a plain attribute is fine at runtime
-    model.parallel_layout = layout  # type: ignore[assignment]
+    lm.parallel_layout = layout
     return layout
