@@ -2,6 +2,7 @@
 cache, the FLOP count and the shard specs to handle it."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -68,3 +69,11 @@ def test_a_registered_kind_works_everywhere():
         unregister_block_kind("cumsum")
     assert "cumsum" not in NemotronHConfig.from_dict(c.to_dict()).block_types
     assert block_kind("moe").routes_experts and not block_kind("mamba").routes_experts
+
+
+def test_scan_impls_is_the_registry_the_config_names():
+    from nemoh.model.mamba import SCAN_IMPLS, mamba_inner
+
+    assert SCAN_IMPLS["torch"]() is mamba_inner and SCAN_IMPLS["compile"]() is SCAN_IMPLS["compile"]()  # built once
+    with pytest.raises(ValueError, match="scan_impl: unknown 'fast'; choose from torch, compile"):
+        NemotronHForCausalLM(tiny().replace(scan_impl="fast"))

@@ -91,7 +91,7 @@ class NemotronHConfig:
     mamba_dt_clamp: bool = False
     # Runtime choice, not written to config.json: "torch" (eager) or "compile" (the Mamba mixer's work between
     # in_proj and out_proj -- conv, scan, gated norm -- through torch.compile; training/prefill only).
-    scan_impl: str = "torch"
+    scan_impl: str = "torch"           # a name in model.mamba.SCAN_IMPLS (torch | compile); not written to config.json
     # MoE
     n_routed_experts: int = 8
     num_experts_per_tok: int = 2
@@ -162,8 +162,6 @@ class NemotronHConfig:
                     f"experts reachable in topk_group={self.topk_group} groups")
             if self.moe_latent_size is not None:
                 positive("moe_latent_size")
-        if self.scan_impl not in ("torch", "compile"):
-            raise ValueError(f"scan_impl: unknown {self.scan_impl!r}; choose 'torch' or 'compile'")
         for n, allowed in (("mlp_hidden_act", "relu2"), ("mamba_hidden_act", "silu")):
             if getattr(self, n) != allowed:
                 raise ValueError(f"{n}: only {allowed!r} is supported, got {getattr(self, n)!r}")

@@ -5,6 +5,9 @@ I = H*P, C = I + 2*G*N (the conv channels: x, B, C).
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -85,7 +88,9 @@ class Mamba2Mixer(nn.Module):
         self.H, self.P, self.G, self.N = c.mamba_num_heads, c.mamba_head_dim, c.n_groups, c.ssm_state_size
         self.I, self.C = c.mamba_intermediate, c.mamba_conv_dim
         self.dims = (self.H, self.P, self.G, self.N, c.chunk_size)
-        self.scan_impl = c.scan_impl
+        if c.scan_impl not in SCAN_IMPLS:
+            raise ValueError(f"scan_impl: unknown {c.scan_impl!r}; choose from {', '.join(SCAN_IMPLS)}")
+        self.scan = SCAN_IMPLS[c.scan_impl]()
         self.dt_limit = c.time_step_limit
         self.dt_clamp_min = c.time_step_min if c.mamba_dt_clamp else None
         self.in_proj = nn.Linear(c.hidden_size, self.I + self.C + self.H, bias=c.mamba_proj_bias)
@@ -102,7 +107,7 @@ class Mamba2Mixer(nn.Module):
         zxbcdt = self.in_proj(u)
         conv_state = cache.read(cache.states["conv"][self.layer_idx]) if cache is not None else None
         ssm_state = cache.read(cache.states["ssm"][self.layer_idx]) if cache is not None else None
-        inner = get_inner(self.scan_impl) if cache is None else mamba_inner
+        inner = self.scan if cache is None else mamba_inner
         y, conv_state, ssm_state = inner(
             zxbcdt, self.conv1d.weight[:, 0], self.conv1d.bias, self.dt_bias, self.A_log, self.D, self.norm.weight,
             conv_state, ssm_state, ctx.seq_idx, self.dims, self.dt_limit, self.dt_clamp_min, self.norm.eps,
@@ -148,17 +153,17 @@ def mamba_inner(zxbcdt: Tensor, conv_w: Tensor, conv_b: Tensor | None, dt_bias: 
     return gated_rms_norm(y.reshape(b, T, I), z, norm_w, G, eps, zxbcdt.dtype), conv_state, ssm_state
 
 
-_COMPILED_INNER = None
+@functools.cache
+def _compiled_inner() -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
+    return torch.compile(mamba_inner, dynamic=None)      # built once per process, on first use
 
 
-def get_inner(scan_impl: str):
-    """The inner function by `scan_impl`: eager, or compiled once (torch.compile fuses its elementwise work)."""
-    global _COMPILED_INNER
-    if scan_impl == "torch":
-        return mamba_inner
-    if _COMPILED_INNER is None:
-        _COMPILED_INNER = torch.compile(mamba_inner, dynamic=None)
-    return _COMPILED_INNER
+# The scan implementations a config may name (`scan_impl`) -> the function run between in_proj and out_proj for a
+# prefill or training forward. Decode steps (one token, with a cache) always take the eager `mamba_inner`.
+SCAN_IMPLS: dict[str, Callable[[], Callable[..., tuple[Tensor, Tensor, Tensor]]]] = {
+    "torch": lambda: mamba_inner,          # eager PyTorch: the chunked SSD scan of ssd.py
+    "compile": _compiled_inner,            # the same function through torch.compile (fuses its elementwise work)
+}
 
 
 # ---- the Mamba2 block kind (`M`): see model/blocks.py ----------------------------------------------------------
