@@ -21,8 +21,8 @@ def model():
 
 def _states(runner: ModelRunner, slot: int) -> list[torch.Tensor]:
     c, n = runner.cache, int(runner.cache.lengths[slot])
-    return ([c.k[i][slot, :, :n] for i in c.k] + [c.v[i][slot, :, :n] for i in c.v]
-            + [c.conv[i][slot] for i in c.conv] + [c.ssm[i][slot] for i in c.ssm])
+    return ([c.states[s][i][slot, :, :n] for s in ("k", "v") for i in c.states[s]]
+            + [c.states[s][i][slot] for s in ("conv", "ssm") for i in c.states[s]])
 
 
 @pytest.mark.parametrize("chunk", [5, 16, 17, 32, 40])  # inside / on / across / twice / not dividing the SSD chunk

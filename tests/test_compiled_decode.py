@@ -27,8 +27,7 @@ def model():
 
 def _state(r: ModelRunner, slots: list[int]) -> list[torch.Tensor]:
     c = r.cache
-    return ([c.lengths[slots]] + [c.k[i][slots] for i in c.k] + [c.v[i][slots] for i in c.v]
-            + [c.conv[i][slots] for i in c.conv] + [c.ssm[i][slots] for i in c.ssm])
+    return [c.lengths[slots]] + [t[slots] for layers in c.states.values() for t in layers.values()]
 
 
 def test_compiled_step_equals_eager(model):

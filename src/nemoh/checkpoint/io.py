@@ -19,8 +19,6 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..model.config import NemotronHConfig
-from ..model.model import FP32_PARAM_SUFFIXES
 from .adapter import QUANT_AUX_SUFFIXES, from_hf, to_hf
 from .quant import DEQUANTIZERS
 
@@ -100,14 +98,15 @@ def check_device(device: str | torch.device) -> None:
                              f"{torch.cuda.device_count()} CUDA device(s)")
 
 
-def _materialise(model: nn.Module, dtype: torch.dtype, device: torch.device | str) -> None:
-    """Replace meta parameters by empty tensors in their final dtype (fp32 for the SSM dynamics and router)."""
+def _materialise(model: nn.Module, dtype: torch.dtype, device: torch.device | str,
+                 keep_in_fp32: tuple[str, ...]) -> None:
+    """Replace meta parameters by empty tensors in their final dtype (fp32 for names ending in `keep_in_fp32`)."""
     for mod_name, mod in model.named_modules():
         for pname, p in list(mod._parameters.items()):
             if p is None or not p.is_meta:
                 continue
             full = f"{mod_name}.{pname}" if mod_name else pname
-            dt = torch.float32 if full.endswith(FP32_PARAM_SUFFIXES) else dtype
+            dt = torch.float32 if full.endswith(keep_in_fp32) else dtype
             mod._parameters[pname] = nn.Parameter(torch.empty(p.shape, dtype=dt, device=device),
                                                   requires_grad=p.requires_grad)
 
@@ -155,20 +154,22 @@ def load_state_dict_into(model: nn.Module, path: str | Path, strict: bool = True
         raise ValueError(f"{path}: checkpoint does not match the config:\n  " + "\n  ".join(problems))
 
 
-def load_pretrained(cls: type, path: str | Path, dtype: torch.dtype = torch.bfloat16,
+def load_pretrained(cls: Any, path: str | Path, dtype: torch.dtype = torch.bfloat16,
                     device: str | torch.device = "cpu", **config_overrides: Any) -> Any:
+    """Build `cls` (a model class with `config_class` and `keep_in_fp32`, as NemotronHForCausalLM declares them)
+    from a Hub-layout directory. checkpoint/ knows the layout, not the model: the class is passed in."""
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"{path}: not a checkpoint directory")
     check_device(device)
-    config = NemotronHConfig.from_pretrained(path)
+    config = cls.config_class.from_pretrained(path)
     if config_overrides:
         config = config.replace(**config_overrides)
     # Saving writes bf16 weights: the FP8 scales are folded in on load.
     config.extra.pop("quantization_config", None)
     with torch.device("meta"):
         model = cls(config)
-    _materialise(model, dtype, device)
+    _materialise(model, dtype, device, cls.keep_in_fp32)
     load_state_dict_into(model, path)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.backbone.embeddings.weight
@@ -190,14 +191,15 @@ def _shards(tensors: list[tuple[str, Tensor]], limit: int) -> list[list[tuple[st
 
 
 def save_pretrained(model: nn.Module, path: str | Path, max_shard_size: int | str = "5GB",
-                    dtype: torch.dtype | None = None, tokenizer_dir: str | Path | None = None) -> None:
+                    dtype: torch.dtype | None = None, tokenizer_dir: str | Path | None = None,
+                    keep_in_fp32: tuple[str, ...] = ()) -> None:
     """Write config.json, safetensors (sharded with an index above `max_shard_size`) and the tokenizer files into a
     temporary directory beside `path`, then swap it into place: a crash never leaves a half-written checkpoint."""
     path = Path(path)
     limit = parse_size(max_shard_size)
     tensors = []
     for key, t in to_hf(model):
-        if dtype is not None and t.is_floating_point() and not key.endswith(FP32_PARAM_SUFFIXES):
+        if dtype is not None and t.is_floating_point() and not key.endswith(keep_in_fp32):
             t = t.to(dtype)
         tensors.append((key, t.detach().contiguous().cpu()))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,10 +216,10 @@ def save_pretrained(model: nn.Module, path: str | Path, max_shard_size: int | st
             total = sum(t.numel() * t.element_size() for _, t in tensors)
             (tmp / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
                                                      indent=2, sort_keys=True))
-        cfg = cast(NemotronHConfig, model.config).to_dict()
+        cfg = cast(Any, model).config.to_dict()
         cfg["dtype"] = str(dtype or cast(nn.Linear, model.lm_head).weight.dtype).replace("torch.", "")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        src = Path(tokenizer_dir) if tokenizer_dir is not None else getattr(model, "source_dir", None)
+        src = Path(tokenizer_dir) if tokenizer_dir is not None else cast(Any, model).source_dir
         if src is not None:
             for f in TOKENIZER_FILES:
                 if (Path(src) / f).exists():

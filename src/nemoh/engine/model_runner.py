@@ -55,12 +55,5 @@ class ModelRunner:
     @torch.no_grad()
     def fork(self, src: int, dsts: list[int]) -> None:
         """Copy a prefilled slot into others: n samples of one prompt share its prefill."""
-        c, n = self.cache, int(self.cache.lengths[src])
         for d in dsts:
-            for i in c.k:
-                c.k[i][d, :, :n] = c.k[i][src, :, :n]
-                c.v[i][d, :, :n] = c.v[i][src, :, :n]
-            for i in c.conv:
-                c.conv[i][d] = c.conv[i][src]
-                c.ssm[i][d] = c.ssm[i][src]
-            c.lengths[d] = n
+            self.cache.copy_slot(src, d)

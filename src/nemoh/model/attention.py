@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .blocks import BlockKind, ShardSpec, ShardSpecs, TPWiring, register_block_kind
 from .config import NemotronHConfig
 from .context import ForwardContext
 
@@ -44,7 +45,7 @@ class Attention(nn.Module):
         slots = cache.slots
         start = cache.lengths[slots]                                         # (b,)
         pos = start[:, None] + torch.arange(T, device=k.device)              # (b,T) absolute positions
-        kc, vc = cache.k[self.layer_idx], cache.v[self.layer_idx]             # (slots,nkv,T_max,hd)
+        kc, vc = cache.states["k"][self.layer_idx], cache.states["v"][self.layer_idx]   # (slots,nkv,T_max,hd)
         # advanced indices (slot, pos) around a slice put their dims first: value is (b,T,nkv,hd)
         rows = slots[:, None].expand(-1, T)
         kn, vn = k.transpose(1, 2).to(kc.dtype), v.transpose(1, 2).to(vc.dtype)   # (b,T,nkv,hd)
@@ -62,3 +63,41 @@ class Attention(nn.Module):
         mask = (keys[None, None, :] <= pos[:, :, None])[:, None]            # (b,1,T,S)
         # a view for a contiguous run of slots, else a gather of the first S positions only
         return kc[cache.index, :, :S].to(k.dtype), vc[cache.index, :, :S].to(v.dtype), mask
+
+
+# ---- the attention block kind (`*`): see model/blocks.py -------------------------------------------------------
+def _kv_cache(c: NemotronHConfig, slots: int, max_len: int, dtype: torch.dtype,
+              device: torch.device | str) -> dict[str, Tensor]:
+    shape = (slots, c.num_key_value_heads, max_len, c.head_dim)
+    return {"k": torch.zeros(shape, dtype=dtype, device=device), "v": torch.zeros(shape, dtype=dtype, device=device)}
+
+
+def _macs(c: NemotronHConfig, seq: int) -> float:
+    hd = c.head_dim
+    return (c.hidden_size * hd * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
+            + c.num_attention_heads * hd * seq)                      # q·k and p·v, causal half of 2*seq
+
+
+def _specs(m: nn.Module, c: NemotronHConfig) -> ShardSpecs:
+    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    specs = {f"{proj}.{p}": ShardSpec("tp", 0, (size,))
+             for proj, size in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)) for p in ("weight", "bias")}
+    return specs | {"o_proj.weight": ShardSpec("tp", 1, (q,))}
+
+
+def _tp_narrow(m: nn.Module, size: int) -> TPWiring:
+    assert isinstance(m, Attention)
+    m.nh, m.nkv = m.nh // size, m.nkv // size
+    return [(m, m.o_proj)]
+
+
+def _check_parallel(c: NemotronHConfig, tp: int, ep: int) -> str | None:
+    if c.num_attention_heads % tp or c.num_key_value_heads % tp:
+        return (f"parallel.tp: {tp} must divide num_attention_heads={c.num_attention_heads} "
+                f"and num_key_value_heads={c.num_key_value_heads}")
+    return None
+
+
+ATTENTION = register_block_kind(BlockKind(
+    name="attention", char="*", hub_names=("full_attention", "attention"), mixer=Attention, macs_per_token=_macs,
+    cache_state=_kv_cache, shard_specs=_specs, tp_narrow=_tp_narrow, check_parallel=_check_parallel))

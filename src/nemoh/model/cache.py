@@ -1,14 +1,17 @@
 """HybridCache: decode state for every layer of a nemotron_h model, one row per sequence slot.
 
-Attention layers keep K and V: (S, n_kv, T_max, hd). Mamba layers keep the last K-1 conv inputs (S, K-1, C) and the
-SSM state (S, H, P, N) in fp32. `lengths[s]` counts the tokens already in slot s. A forward with a cache processes
-rows `slots` (default: all rows, in order) and advances their lengths; rows of one call may have different lengths.
+Each layer keeps what its block kind declares (model/blocks.py `cache_state`): attention K and V
+(S, n_kv, T_max, hd) as states["k"], states["v"]; Mamba2 the last K-1 conv inputs (S, K-1, C) and the SSM state
+(S, H, P, N) in fp32 as states["conv"], states["ssm"]. `lengths[s]` counts the tokens already in slot s. A forward
+with a cache processes rows `slots` (default: all rows, in order) and advances their lengths; rows of one call may
+have different lengths.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from .blocks import block_kind
 from .config import NemotronHConfig
 
 
@@ -17,20 +20,14 @@ class HybridCache:
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
         self.num_slots, self.max_seq_len = num_slots, max_seq_len
         self.lengths = torch.zeros(num_slots, dtype=torch.long, device=device)
-        self.k: dict[int, Tensor] = {}
-        self.v: dict[int, Tensor] = {}
-        self.conv: dict[int, Tensor] = {}
-        self.ssm: dict[int, Tensor] = {}
-        c = config
-        for i, kind in enumerate(c.block_types):
-            if kind == "attention":
-                shape = (num_slots, c.num_key_value_heads, max_seq_len, c.head_dim)
-                self.k[i] = torch.zeros(shape, dtype=dtype, device=device)
-                self.v[i] = torch.zeros(shape, dtype=dtype, device=device)
-            elif kind == "mamba":
-                self.conv[i] = torch.zeros(num_slots, c.conv_kernel - 1, c.mamba_conv_dim, dtype=dtype, device=device)
-                self.ssm[i] = torch.zeros(num_slots, c.mamba_num_heads, c.mamba_head_dim, c.ssm_state_size,
-                                          dtype=torch.float32, device=device)
+        self.states: dict[str, dict[int, Tensor]] = {}      # state name -> layer -> (slots, ...)
+        self.recurrent: list[Tensor] = []                    # zeroed when a slot is reused
+        for i, name in enumerate(config.block_types):
+            kind = block_kind(name)
+            for state, t in kind.cache_state(config, num_slots, max_seq_len, dtype, device).items():
+                self.states.setdefault(state, {})[i] = t
+                if state in kind.recurrent_states:
+                    self.recurrent.append(t)
         self.slots: Tensor = torch.arange(num_slots, device=device)  # rows of the current forward
         self.index: slice | Tensor = slice(0, num_slots)
         self.new_tokens: Tensor | int = 0
@@ -62,9 +59,17 @@ class HybridCache:
     def end(self) -> None:
         self.lengths[self.slots] += self.new_tokens
 
+    def copy_slot(self, src: int, dst: int) -> None:
+        """Make slot `dst` a copy of slot `src` (n samples of one prompt share its prefill). Whole rows: KV past
+        the length is masked anyway, and a row copy needs no knowledge of each state's layout."""
+        for layers in self.states.values():
+            for t in layers.values():
+                t[dst] = t[src]
+        self.lengths[dst] = self.lengths[src]
+
     def reset(self, slots: Tensor | list[int] | None = None) -> None:
         """Free slots for new sequences: zero their Mamba state and length (stale KV is masked by length)."""
         idx = slice(None) if slots is None else torch.as_tensor(slots, device=self.lengths.device)
         self.lengths[idx] = 0
-        for t in (*self.conv.values(), *self.ssm.values()):
+        for t in self.recurrent:
             t[idx] = 0

@@ -13,15 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Pattern character <-> list name (legacy list names accepted on read).
-CHAR_TO_BLOCK = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
-BLOCK_TO_CHAR = {v: k for k, v in CHAR_TO_BLOCK.items()}
-LIST_NAME_TO_BLOCK = {
-    "linear_attention": "mamba", "mamba": "mamba",
-    "full_attention": "attention", "attention": "attention",
-    "mlp": "mlp", "moe": "moe",
-}
-BLOCK_TO_LIST_NAME = {"mamba": "linear_attention", "attention": "full_attention", "mlp": "mlp", "moe": "moe"}
+from .blocks import KINDS_BY_CHAR, KINDS_BY_HUB_NAME, block_kind
 
 # Legacy key -> current key (popped on read, as transformers does).
 LEGACY_ALIASES = {
@@ -40,23 +32,24 @@ LEGACY_ALIASES = {
 
 def parse_pattern(pattern: str, field_name: str = "hybrid_override_pattern") -> list[str]:
     """'M*-E' -> ['mamba', 'attention', 'mlp', 'moe']; any other character is an error naming the field."""
-    bad = sorted({c for c in pattern if c not in CHAR_TO_BLOCK})
+    bad = sorted({c for c in pattern if c not in KINDS_BY_CHAR})
     if bad:
-        raise ValueError(f"{field_name}: characters {bad} are not block types; allowed are 'M', '*', '-', 'E'")
-    return [CHAR_TO_BLOCK[c] for c in pattern]
+        raise ValueError(f"{field_name}: characters {bad} are not block types; allowed are "
+                         f"{', '.join(repr(c) for c in KINDS_BY_CHAR)}")
+    return [KINDS_BY_CHAR[c].name for c in pattern]
 
 
 def parse_block_list(names: list[str], field_name: str) -> list[str]:
     if not isinstance(names, (list, tuple)):
         raise ValueError(f"{field_name}: expected a list of block names, got {type(names).__name__}")
-    bad = sorted({n for n in names if n not in LIST_NAME_TO_BLOCK})
+    bad = sorted({n for n in names if n not in KINDS_BY_HUB_NAME})
     if bad:
-        raise ValueError(f"{field_name}: unknown block types {bad}; allowed are {sorted(LIST_NAME_TO_BLOCK)}")
-    return [LIST_NAME_TO_BLOCK[n] for n in names]
+        raise ValueError(f"{field_name}: unknown block types {bad}; allowed are {sorted(KINDS_BY_HUB_NAME)}")
+    return [KINDS_BY_HUB_NAME[n].name for n in names]
 
 
 def to_pattern(blocks: list[str]) -> str:
-    return "".join(BLOCK_TO_CHAR[b] for b in blocks)
+    return "".join(block_kind(b).char for b in blocks)
 
 
 @dataclass
@@ -98,7 +91,7 @@ class NemotronHConfig:
     mamba_dt_clamp: bool = False
     # Runtime choice, not written to config.json: "torch" (eager) or "compile" (the Mamba mixer's work between
     # in_proj and out_proj -- conv, scan, gated norm -- through torch.compile; training/prefill only).
-    scan_impl: str = "torch"
+    scan_impl: str = "torch"           # a name in model.mamba.SCAN_IMPLS (torch | compile); not written to config.json
     # MoE
     n_routed_experts: int = 8
     num_experts_per_tok: int = 2
@@ -169,8 +162,6 @@ class NemotronHConfig:
                     f"experts reachable in topk_group={self.topk_group} groups")
             if self.moe_latent_size is not None:
                 positive("moe_latent_size")
-        if self.scan_impl not in ("torch", "compile"):
-            raise ValueError(f"scan_impl: unknown {self.scan_impl!r}; choose 'torch' or 'compile'")
         for n, allowed in (("mlp_hidden_act", "relu2"), ("mamba_hidden_act", "silu")):
             if getattr(self, n) != allowed:
                 raise ValueError(f"{n}: only {allowed!r} is supported, got {getattr(self, n)!r}")
@@ -255,10 +246,10 @@ class NemotronHConfig:
             out[f.name] = getattr(self, f.name)
         out["time_step_limit"] = [_json_safe(v) for v in self.time_step_limit]
         # Both layer forms: the list for transformers >= 5, the pattern for older readers (vLLM, remote code).
-        out["layers_block_type"] = [BLOCK_TO_LIST_NAME[b] for b in self.block_types]
+        out["layers_block_type"] = [block_kind(b).hub_names[0] for b in self.block_types]
         out["hybrid_override_pattern"] = self.hybrid_override_pattern
         out["num_hidden_layers"] = self.num_hidden_layers
-        out["mtp_layers_block_type"] = [BLOCK_TO_LIST_NAME[b] for b in self.mtp_block_types]
+        out["mtp_layers_block_type"] = [block_kind(b).hub_names[0] for b in self.mtp_block_types]
         return out
 
     @classmethod

@@ -1,9 +1,16 @@
 """Small building blocks shared by the mixers: RMSNorm, the group-wise gated RMSNorm, the relu² MLP."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .blocks import BlockKind, ShardSpec, ShardSpecs, TPWiring, register_block_kind
+
+if TYPE_CHECKING:
+    from .config import NemotronHConfig
 
 
 class RMSNorm(nn.Module):
@@ -52,3 +59,30 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor, **_: object) -> Tensor:
         return self.down_proj(relu2(self.up_proj(x)))
+
+
+# ---- the dense MLP block kind (`-`): see model/blocks.py -------------------------------------------------------
+def _mlp_mixer(c: NemotronHConfig, layer_idx: int) -> MLP:
+    return MLP(c.hidden_size, c.intermediate_size, c.mlp_bias)
+
+
+def _mlp_macs(c: NemotronHConfig, seq: int) -> float:
+    return 2 * c.hidden_size * c.intermediate_size
+
+
+def mlp_specs(m: nn.Module, c: NemotronHConfig) -> ShardSpecs:
+    """Column-parallel up, row-parallel down (also the MoE's shared expert)."""
+    assert isinstance(m, MLP)
+    inter = m.up_proj.out_features
+    return {"up_proj.weight": ShardSpec("tp", 0, (inter,)), "up_proj.bias": ShardSpec("tp", 0, (inter,)),
+            "down_proj.weight": ShardSpec("tp", 1, (inter,))}
+
+
+def mlp_tp_narrow(m: nn.Module, size: int) -> TPWiring:
+    assert isinstance(m, MLP)
+    return [(m, m.down_proj)]
+
+
+MLP_KIND = register_block_kind(BlockKind(
+    name="mlp", char="-", hub_names=("mlp",), mixer=_mlp_mixer, macs_per_token=_mlp_macs,
+    shard_specs=mlp_specs, tp_narrow=mlp_tp_narrow))

@@ -5,10 +5,14 @@ I = H*P, C = I + 2*G*N (the conv channels: x, B, C).
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .blocks import BlockKind, ShardSpec, ShardSpecs, TPWiring, register_block_kind
 from .config import NemotronHConfig
 from .context import ForwardContext
 from .layers import GatedRMSNorm, gated_rms_norm
@@ -84,7 +88,9 @@ class Mamba2Mixer(nn.Module):
         self.H, self.P, self.G, self.N = c.mamba_num_heads, c.mamba_head_dim, c.n_groups, c.ssm_state_size
         self.I, self.C = c.mamba_intermediate, c.mamba_conv_dim
         self.dims = (self.H, self.P, self.G, self.N, c.chunk_size)
-        self.scan_impl = c.scan_impl
+        if c.scan_impl not in SCAN_IMPLS:
+            raise ValueError(f"scan_impl: unknown {c.scan_impl!r}; choose from {', '.join(SCAN_IMPLS)}")
+        self.scan = SCAN_IMPLS[c.scan_impl]()
         self.dt_limit = c.time_step_limit
         self.dt_clamp_min = c.time_step_min if c.mamba_dt_clamp else None
         self.in_proj = nn.Linear(c.hidden_size, self.I + self.C + self.H, bias=c.mamba_proj_bias)
@@ -99,16 +105,16 @@ class Mamba2Mixer(nn.Module):
     def forward(self, u: Tensor, ctx: ForwardContext) -> Tensor:
         cache = ctx.cache
         zxbcdt = self.in_proj(u)
-        conv_state = cache.read(cache.conv[self.layer_idx]) if cache is not None else None
-        ssm_state = cache.read(cache.ssm[self.layer_idx]) if cache is not None else None
-        inner = get_inner(self.scan_impl) if cache is None else mamba_inner
+        conv_state = cache.read(cache.states["conv"][self.layer_idx]) if cache is not None else None
+        ssm_state = cache.read(cache.states["ssm"][self.layer_idx]) if cache is not None else None
+        inner = self.scan if cache is None else mamba_inner
         y, conv_state, ssm_state = inner(
             zxbcdt, self.conv1d.weight[:, 0], self.conv1d.bias, self.dt_bias, self.A_log, self.D, self.norm.weight,
             conv_state, ssm_state, ctx.seq_idx, self.dims, self.dt_limit, self.dt_clamp_min, self.norm.eps,
             decode=cache is not None and u.shape[1] == 1, lengths=ctx.lengths)
         if cache is not None:
-            cache.write(cache.conv[self.layer_idx], conv_state)
-            cache.write(cache.ssm[self.layer_idx], ssm_state)
+            cache.write(cache.states["conv"][self.layer_idx], conv_state)
+            cache.write(cache.states["ssm"][self.layer_idx], ssm_state)
         return self.out_proj(y)
 
 
@@ -147,14 +153,60 @@ def mamba_inner(zxbcdt: Tensor, conv_w: Tensor, conv_b: Tensor | None, dt_bias: 
     return gated_rms_norm(y.reshape(b, T, I), z, norm_w, G, eps, zxbcdt.dtype), conv_state, ssm_state
 
 
-_COMPILED_INNER = None
+@functools.cache
+def _compiled_inner() -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
+    return torch.compile(mamba_inner, dynamic=None)      # built once per process, on first use
 
 
-def get_inner(scan_impl: str):
-    """The inner function by `scan_impl`: eager, or compiled once (torch.compile fuses its elementwise work)."""
-    global _COMPILED_INNER
-    if scan_impl == "torch":
-        return mamba_inner
-    if _COMPILED_INNER is None:
-        _COMPILED_INNER = torch.compile(mamba_inner, dynamic=None)
-    return _COMPILED_INNER
+# The scan implementations a config may name (`scan_impl`) -> the function run between in_proj and out_proj for a
+# prefill or training forward. Decode steps (one token, with a cache) always take the eager `mamba_inner`.
+SCAN_IMPLS: dict[str, Callable[[], Callable[..., tuple[Tensor, Tensor, Tensor]]]] = {
+    "torch": lambda: mamba_inner,          # eager PyTorch: the chunked SSD scan of ssd.py
+    "compile": _compiled_inner,            # the same function through torch.compile (fuses its elementwise work)
+}
+
+
+# ---- the Mamba2 block kind (`M`): see model/blocks.py ----------------------------------------------------------
+def _mamba_cache(c: NemotronHConfig, slots: int, max_len: int, dtype: torch.dtype,
+                 device: torch.device | str) -> dict[str, Tensor]:
+    """The last K-1 conv inputs (S, K-1, C) in the model dtype and the SSM state (S, H, P, N) in fp32."""
+    return {"conv": torch.zeros(slots, c.conv_kernel - 1, c.mamba_conv_dim, dtype=dtype, device=device),
+            "ssm": torch.zeros(slots, c.mamba_num_heads, c.mamba_head_dim, c.ssm_state_size, dtype=torch.float32,
+                               device=device)}
+
+
+def _macs(c: NemotronHConfig, seq: int) -> float:
+    D = c.hidden_size
+    macs = D * (c.mamba_intermediate + c.mamba_conv_dim + c.mamba_num_heads) + c.mamba_intermediate * D
+    # SSD: intra-chunk C·B and y, chunk states, state output (per token, approximately)
+    return macs + c.mamba_num_heads * (c.chunk_size * (c.ssm_state_size / (c.mamba_num_heads // c.n_groups)
+                                                       + c.mamba_head_dim)
+                                       + 2 * c.mamba_head_dim * c.ssm_state_size)
+
+
+def _specs(m: nn.Module, c: NemotronHConfig) -> ShardSpecs:
+    I, H, GN = c.mamba_intermediate, c.mamba_num_heads, c.n_groups * c.ssm_state_size
+    fused = ShardSpec("tp", 0, (I, I, GN, GN, H))                  # z, x, B, C, dt
+    conv = ShardSpec("tp", 0, (I, GN, GN))                         # x, B, C
+    return {"in_proj.weight": fused, "in_proj.bias": fused, "conv1d.weight": conv, "conv1d.bias": conv,
+            **{p: ShardSpec("tp", 0, (H,)) for p in ("A_log", "D", "dt_bias")},
+            "norm.weight": ShardSpec("tp", 0, (I,)), "out_proj.weight": ShardSpec("tp", 1, (I,))}
+
+
+def _tp_narrow(m: nn.Module, size: int) -> TPWiring:
+    assert isinstance(m, Mamba2Mixer)
+    m.H, m.G = m.H // size, m.G // size
+    m.I, m.C = m.H * m.P, m.H * m.P + 2 * m.G * m.N
+    m.dims = (m.H, m.P, m.G, m.N, m.dims[-1])
+    m.norm.groups = m.G
+    return [(m, m.out_proj)]
+
+
+def _check_parallel(c: NemotronHConfig, tp: int, ep: int) -> str | None:
+    return f"parallel.tp: {tp} must divide the Mamba n_groups={c.n_groups}" if c.n_groups % tp else None
+
+
+MAMBA = register_block_kind(BlockKind(
+    name="mamba", char="M", hub_names=("linear_attention", "mamba"), mixer=Mamba2Mixer, macs_per_token=_macs,
+    cache_state=_mamba_cache, recurrent_states=("conv", "ssm"), shard_specs=_specs, tp_narrow=_tp_narrow,
+    check_parallel=_check_parallel))

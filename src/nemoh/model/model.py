@@ -8,34 +8,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from .attention import Attention
+from . import attention, layers, mamba, moe  # noqa: F401  (each registers its block kind)
+from .blocks import block_kind
 from .cache import HybridCache
 from .config import NemotronHConfig
 from .context import ForwardContext, cu_seqlens_to_seq_idx
-from .layers import MLP, RMSNorm
-from .mamba import Mamba2Mixer
-from .moe import MoE
+from .layers import RMSNorm
+
+if TYPE_CHECKING:
+    from ..parallel.parallelize import Layout
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Parameters that stay float32 whatever dtype the model is cast to (the SSM dynamics and the router).
 FP32_PARAM_SUFFIXES = ("A_log", "D", "dt_bias", "gate.weight", "gate.e_score_correction_bias")
-
-def _mixer(config: NemotronHConfig, kind: str, layer_idx: int) -> nn.Module:
-    if kind == "mamba":
-        return Mamba2Mixer(config, layer_idx)
-    if kind == "attention":
-        return Attention(config, layer_idx)
-    if kind == "moe":
-        return MoE(config, layer_idx)
-    if kind == "mlp":
-        return MLP(config.hidden_size, config.intermediate_size, config.mlp_bias)
-    raise NotImplementedError(f"block type {kind!r}")
 
 class Block(nn.Module):
     """Pre-norm residual block: h + mixer(RMSNorm(h))."""
@@ -44,7 +35,7 @@ class Block(nn.Module):
         super().__init__()
         self.kind = kind
         self.norm = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
-        self.mixer = _mixer(config, kind, layer_idx)
+        self.mixer = block_kind(kind).mixer(config, layer_idx)
 
     def forward(self, h: Tensor, ctx: ForwardContext) -> Tensor:
         return h + self.mixer(self.norm(h), ctx=ctx)
@@ -104,6 +95,9 @@ class CausalLMOutput:
     mtp_logits: Tensor | None = None    # (b, T-1, V): logits for token t+2 from h_t and token t+1, when asked
 
 class NemotronHForCausalLM(nn.Module):
+    config_class = NemotronHConfig                  # what checkpoint/ builds from config.json
+    keep_in_fp32: tuple[str, ...] = FP32_PARAM_SUFFIXES
+
     def __init__(self, config: NemotronHConfig):
         super().__init__()
         self.config = config
@@ -112,7 +106,9 @@ class NemotronHForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.backbone.embeddings.weight
         self.mtp = MTP(config) if config.num_nextn_predict_layers > 0 else None
-        self.moe_layers = [i for i, kind in enumerate(config.block_types) if kind == "moe"]
+        self.moe_layers = [i for i, kind in enumerate(config.block_types) if block_kind(kind).routes_experts]
+        self.source_dir: Path | None = None           # the directory it was loaded from (tokenizer files)
+        self.parallel_layout: Layout | None = None    # set by parallel.parallelize (None: one process, unsharded)
 
     # ---- forward ----------------------------------------------------------------------------------------
     def forward(
@@ -223,4 +219,5 @@ class NemotronHForCausalLM(nn.Module):
                         dtype: torch.dtype | None = None, tokenizer_dir: str | Path | None = None) -> None:
         """Write the Hub layout (same key names and shapes), sharded above `max_shard_size`, atomically."""
         from ..checkpoint import save_pretrained
-        save_pretrained(self, path, max_shard_size=max_shard_size, dtype=dtype, tokenizer_dir=tokenizer_dir)
+        save_pretrained(self, path, max_shard_size=max_shard_size, dtype=dtype, tokenizer_dir=tokenizer_dir,
+                        keep_in_fp32=self.keep_in_fp32)

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .blocks import BlockKind, ShardSpec, ShardSpecs, TPWiring, register_block_kind
 from .config import NemotronHConfig
 from .context import ForwardContext
-from .layers import MLP, relu2
+from .layers import MLP, mlp_specs, mlp_tp_narrow, relu2
 
 
 def select_experts(scores: Tensor, bias: Tensor, k: int, n_group: int, topk_group: int) -> Tensor:
@@ -179,3 +180,32 @@ class MoE(nn.Module):
         if self.latent:
             h = self.fc2_latent_proj(h)
         return (h + self.shared_experts(flat)).view(shape)
+
+
+# ---- the MoE block kind (`E`): see model/blocks.py -------------------------------------------------------------
+def _macs(c: NemotronHConfig, seq: int) -> float:
+    D, L = c.hidden_size, c.moe_input_size
+    macs = D * c.n_routed_experts + 2 * D * c.moe_shared_expert_intermediate_size
+    macs += c.num_experts_per_tok * 2 * L * c.moe_intermediate_size      # active experts only
+    return macs + (2 * D * L if c.moe_latent_size else 0)
+
+
+def _specs(m: nn.Module, c: NemotronHConfig) -> ShardSpecs:
+    """The shared expert is tensor-parallel like a dense MLP; the routed experts are split over ep."""
+    assert isinstance(m, MoE)
+    shared = {f"shared_experts.{k}": s for k, s in mlp_specs(m.shared_experts, c).items()}
+    return shared | {f"experts.{p}": ShardSpec("ep", 0, (c.n_routed_experts,)) for p in ("up_proj", "down_proj")}
+
+
+def _tp_narrow(m: nn.Module, size: int) -> TPWiring:
+    assert isinstance(m, MoE)
+    return mlp_tp_narrow(m.shared_experts, size)
+
+
+def _check_parallel(c: NemotronHConfig, tp: int, ep: int) -> str | None:
+    return f"parallel.ep: {ep} must divide n_routed_experts={c.n_routed_experts}" if c.n_routed_experts % ep else None
+
+
+MOE = register_block_kind(BlockKind(
+    name="moe", char="E", hub_names=("moe",), mixer=MoE, macs_per_token=_macs, shard_specs=_specs,
+    tp_narrow=_tp_narrow, check_parallel=_check_parallel, routes_experts=True))

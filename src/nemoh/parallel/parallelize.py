@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import nn
 
+from ..model.blocks import block_kind
 from ..model.config import NemotronHConfig
+from ..model.model import NemotronHForCausalLM
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
-
-    from ..model.model import NemotronHForCausalLM
 
 
 @dataclass
@@ -45,13 +45,11 @@ class ParallelConfig:
             raise ValueError(f"parallel: dp_replicate={self.dp_replicate} x dp_shard={dp} x tp={self.tp} x "
                              f"ep={self.ep} = {dp * fixed} does not match the world size {world_size}")
         if model is not None:
-            if model.num_attention_heads % self.tp or model.num_key_value_heads % self.tp:
-                raise ValueError(f"parallel.tp: {self.tp} must divide num_attention_heads={model.num_attention_heads} "
-                                 f"and num_key_value_heads={model.num_key_value_heads}")
-            if "mamba" in model.block_types and model.n_groups % self.tp:
-                raise ValueError(f"parallel.tp: {self.tp} must divide the Mamba n_groups={model.n_groups}")
-            if "moe" in model.block_types and model.n_routed_experts % self.ep:
-                raise ValueError(f"parallel.ep: {self.ep} must divide n_routed_experts={model.n_routed_experts}")
+            kinds = set(model.block_types) | (set(model.mtp_block_types) if model.num_nextn_predict_layers else set())
+            for name in sorted(kinds):                  # each kind says what divides it (model/blocks.py)
+                problem = block_kind(name).check_parallel(model, self.tp, self.ep)
+                if problem:
+                    raise ValueError(problem)
         return dataclasses.replace(self, dp_shard=dp)
 
 
@@ -114,7 +112,8 @@ SINGLE = Layout(ParallelConfig(dp_shard=1))
 
 
 def layout_of(model: nn.Module) -> Layout:
-    return getattr(model, "parallel_layout", SINGLE)
+    layout = model.parallel_layout if isinstance(model, NemotronHForCausalLM) else None
+    return layout if layout is not None else SINGLE
 
 
 def _device() -> str:
@@ -147,7 +146,7 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int, layout: 
         layout = build_layout(cfg, world_size, getattr(model, "config", None))
     cfg, mesh = layout.cfg, layout.mesh
     assert mesh is not None  # build_layout always builds a mesh
-    lm = cast("NemotronHForCausalLM", model)
+    lm = cast(NemotronHForCausalLM, model)
     hsdp = cfg.dp_replicate > 1                                   # then FSDP meshes are 2-D: (replicate, shard)
     dense_mesh = mesh["dp_replicate", "dp_shard_ep"] if hsdp else mesh["dp_shard_ep"]
     expert_mesh = mesh["dp_replicate", "dp_shard"] if hsdp else mesh["dp_shard"]
@@ -179,6 +178,5 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int, layout: 
     for m in sharded:  # a plain SUM (gloo has no PREMUL_SUM)
         m.set_gradient_divide_factor(1.0)
         m.set_force_sum_reduction_for_comms(True)
-    # nn.Module.__setattr__ is typed for tensors and modules only; a plain attribute is fine at runtime
-    model.parallel_layout = layout  # type: ignore[assignment]
+    lm.parallel_layout = layout
     return layout

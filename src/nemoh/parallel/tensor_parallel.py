@@ -17,9 +17,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..model.attention import Attention
-from ..model.layers import MLP
-from ..model.mamba import Mamba2Mixer
+from ..model.blocks import block_kind
+from ..model.model import Block
 from .specs import shard_specs
 
 
@@ -73,21 +72,12 @@ def apply_tp(model: nn.Module, group: dist.ProcessGroup) -> None:
             owner, attr = _owner(model, name)
             p = getattr(owner, attr)
             setattr(owner, attr, nn.Parameter(spec.local(p.data, rank, size), requires_grad=p.requires_grad))
-    for m in model.modules():
-        if isinstance(m, Attention):
-            m.nh, m.nkv = m.nh // size, m.nkv // size
-            _row_parallel(m.o_proj, group)
-        elif isinstance(m, Mamba2Mixer):
-            m.H, m.G = m.H // size, m.G // size
-            m.I, m.C = m.H * m.P, m.H * m.P + 2 * m.G * m.N
-            m.dims = (m.H, m.P, m.G, m.N, m.dims[-1])
-            m.norm.groups = m.G
-            _row_parallel(m.out_proj, group)
-        elif isinstance(m, MLP):
-            _row_parallel(m.down_proj, group)
-        else:
+    for block in model.modules():
+        if not isinstance(block, Block):
             continue
-        m.register_forward_pre_hook(_copy_input_hook(group), with_kwargs=True)
+        for module, row_parallel in block_kind(block.kind).tp_narrow(block.mixer, size):   # model/blocks.py
+            _row_parallel(row_parallel, group)
+            module.register_forward_pre_hook(_copy_input_hook(group), with_kwargs=True)
 
 
 def _row_parallel(linear: nn.Linear, group) -> None:

@@ -123,7 +123,7 @@ def sglang_router(server: Any) -> APIRouter:
     """The routes, bound to a `serve.app.Server` (its engine, LLM and tokenizer)."""
     router = APIRouter()
     llm, tok = server.llm, server.tok
-    state = SGLangState(str(getattr(llm.model, "source_dir", "") or server.name))
+    state = SGLangState(str(llm.model.source_dir or server.name))
     cfg = llm.model.config
 
     def logprob_rows(ids: list[int], lps: Sequence[float | None], with_text: bool) -> list[list[Any]]:
