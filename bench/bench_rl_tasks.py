@@ -4,9 +4,10 @@ SFT warm start and after RL, mean and spread, wall time. Also the ablation drive
     python bench/bench_rl_tasks.py [--tasks first_letter,last_letter,count,two_step] [--seeds 0,1,2]
                                    [--set train.rollouts=100 --set algo.dynamic_sampling=false] [--out DIR]
 
-The warm start of a (task, seed, warm-start steps) is run once and cached under OUT/ws/ (an RL run with 0
-iterations saves it); every RL run then starts from that checkpoint, so ablations of the RL side compare RL on the
-identical starting policy. Each run's metrics.jsonl is in OUT/<tag>/<task>-s<seed>/ (`nemoh plot` draws it).
+The warm start of a (task, seed, warm-start settings) is run once and cached under OUT/ws/; every RL run then
+starts from that checkpoint, so ablations of the RL side compare RL on the identical starting policy. Every policy
+(warm start, nemoh's RL, TRL's in bench_rl_vs_trl.py) is measured by the RL trainer's own held-out evaluation.
+Each run's metrics.jsonl is in OUT/<tag>/<task>-s<seed>/ (`nemoh plot` draws it).
 """
 from __future__ import annotations
 
@@ -33,17 +34,30 @@ def _overrides(sets: list[str]) -> list[str]:
     return out
 
 
+def recipe(task: str, seed: int, run: Path, extra: list[str]) -> RLConfig:
+    """The default recipe on a built-in task, with this seed, run directory and `--key value` overrides."""
+    return load_config(str(RECIPE), ["--data.prompts", f"builtin:{task}", "--train.seed", str(seed),
+                                     "--checkpoint.dir", str(run), *extra], cls=RLConfig)
+
+
 def warm_start(task: str, seed: int, sets: list[str], out: Path) -> Path:
     """The cached warm-started checkpoint for (task, seed, the warm-start settings in `sets`)."""
     ws_sets = [s for s in sets if s.startswith("warm_start.")]
     name = f"{task}-s{seed}" + "".join(f"-{s.split('.', 1)[1].replace('=', '')}" for s in ws_sets)
     run = out / "ws" / name
     if not (run / "final" / "config.json").exists():
-        cfg = load_config(str(RECIPE), ["--data.prompts", f"builtin:{task}", "--train.seed", str(seed),
-                                        "--train.rollouts", "0", "--checkpoint.dir", str(run), *_overrides(ws_sets)],
-                          cls=RLConfig)
-        RLTrainer(cfg, show_progress=False).run()
+        trainer = RLTrainer(recipe(task, seed, run, _overrides(ws_sets)), show_progress=False)
+        trainer.warm_start()
+        trainer.model.save_pretrained(run / "final", tokenizer_dir=trainer.run_.base_path)
     return run / "final"
+
+
+def from_checkpoint(task: str, seed: int, ckpt: Path, run: Path, sets: list[str] = ()) -> RLTrainer:
+    """An RL trainer on the saved checkpoint `ckpt` (no warm start): its prompts, reward and held-out evaluation
+    are the recipe's. Both benches measure every policy through `held_out_accuracy()` of such a trainer: nemoh's
+    runs, the warm starts and TRL's checkpoints share one yardstick."""
+    return RLTrainer(recipe(task, seed, run, ["--model.path", str(ckpt), "--warm_start.steps", "0",
+                                              *_overrides(list(sets))]), show_progress=False)
 
 
 def rl_run(task: str, seed: int, sets: list[str], out: Path, tag: str, ws_seed: int | None = None) -> dict:
@@ -52,12 +66,9 @@ def rl_run(task: str, seed: int, sets: list[str], out: Path, tag: str, ws_seed: 
     run = out / tag / f"{task}-s{seed}"
     if (run / "metrics.jsonl").exists():
         (run / "metrics.jsonl").unlink()   # a fresh curve, not appended to an old one
-    rl_sets = [s for s in sets if not s.startswith("warm_start.")]
-    cfg = load_config(str(RECIPE), ["--data.prompts", f"builtin:{task}", "--train.seed", str(seed),
-                                    "--checkpoint.dir", str(run), "--model.path", str(ws), "--warm_start.steps", "0",
-                                    *_overrides(rl_sets)], cls=RLConfig)
+    trainer = from_checkpoint(task, seed, ws, run, [s for s in sets if not s.startswith("warm_start.")])
     t0 = time.perf_counter()
-    result = RLTrainer(cfg, show_progress=False).run()
+    result = trainer.run()
     wall = time.perf_counter() - t0
     curve = sorted({r["step"]: r["eval_accuracy"] for r in read_metrics(run) if "eval_accuracy" in r}.items())
     return {"task": task, "seed": seed, "before": result["eval_accuracy_before"],

@@ -14,6 +14,7 @@ dt, a ~1e-4 logit difference). Prints the curves, mean ± spread over seeds and 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -21,15 +22,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from bench_rl_tasks import RECIPE, ROOT, rl_run, warm_start
-
-from nemoh import LLM, NemotronHForCausalLM
-from nemoh.rl.config import RLConfig
-from nemoh.rl.rewards import RewardFn
-from nemoh.rl.rollout import held_out_accuracy
-from nemoh.rl.tasks import TASKS, task_reward
-from nemoh.tokenizer import Tokenizer
-from nemoh.train.config import load_config
+from bench_rl_tasks import ROOT, from_checkpoint, rl_run, warm_start
 
 
 def trl_run(task: str, seed: int, ws: Path, steps: int, eval_every: int) -> dict:
@@ -37,22 +30,21 @@ def trl_run(task: str, seed: int, ws: Path, steps: int, eval_every: int) -> dict
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    cfg = load_config(str(RECIPE), ["--data.prompts", f"builtin:{task}"], cls=RLConfig)
+    work = Path(tempfile.mkdtemp(prefix="trl-"))
+    nemoh_side = from_checkpoint(task, seed, ws, work / "recipe")   # the recipe's settings, prompts and reward
+    cfg, reward = nemoh_side.cfg, nemoh_side.reward
     r, a, o = cfg.rollout, cfg.algo, cfg.optim
-    reward = RewardFn(task_reward(cfg.data.prompts, cfg.reward.function))
-    train = TASKS[task](2048, seed)
-    held = TASKS[task](cfg.data.num_eval, 10_000, held_out=True)
     chat = {"enable_thinking": cfg.data.enable_thinking}
-    tok = Tokenizer.from_pretrained(ws)
 
     def score(completions, label, **_):
         return [reward([c[0]["content"] if isinstance(c, list) else c], lab)[0] for c, lab in zip(completions, label)]
 
-    def accuracy(model) -> float:     # nemoh's engine on TRL's weights: the same yardstick as nemoh's runs
-        with tempfile.TemporaryDirectory() as tmp:
+    def accuracy(model) -> float:     # TRL's weights measured by nemoh's RL trainer: the yardstick of nemoh's runs
+        with tempfile.TemporaryDirectory(dir=work) as tmp:
             model.save_pretrained(tmp)
-            mirror = NemotronHForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
-        return held_out_accuracy(LLM(mirror, tokenizer=tok), held, reward, r.rollout_max_response_len, chat)
+            for f in ws.glob("tokenizer*.json"):
+                shutil.copy(f, tmp)
+            return from_checkpoint(task, seed, Path(tmp), Path(tmp) / "run").held_out_accuracy()
 
     curve: list[tuple[int, float]] = []
     eval_time = [0.0]
@@ -67,21 +59,22 @@ def trl_run(task: str, seed: int, ws: Path, steps: int, eval_every: int) -> dict
     model = AutoModelForCausalLM.from_pretrained(ws, dtype=torch.float32)
     curve.append((0, accuracy(model)))
     args = GRPOConfig(
-        output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=r.rollout_batch_size
+        output_dir=str(work / "out"), max_steps=steps, per_device_train_batch_size=r.rollout_batch_size
         * r.n_samples_per_prompt, num_generations=r.n_samples_per_prompt, gradient_accumulation_steps=1,
         learning_rate=o.lr, lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": o.min_lr_ratio},
         warmup_steps=o.warmup_steps, adam_beta1=o.betas[0], adam_beta2=o.betas[1], weight_decay=o.weight_decay,
-        max_grad_norm=cfg.train.grad_clip, beta=a.kl_loss_coef, epsilon=a.eps_clip, epsilon_high=a.eps_clip_high,
+        max_grad_norm=cfg.optim.grad_clip, beta=a.kl_loss_coef, epsilon=a.eps_clip, epsilon_high=a.eps_clip_high,
         loss_type="dapo", scale_rewards="group" if a.normalize_advantage_std else "none", num_iterations=1,
         temperature=r.rollout_temperature, top_p=r.rollout_top_p, max_completion_length=r.rollout_max_response_len,
         chat_template_kwargs=chat, use_cpu=True, bf16=False, gradient_checkpointing=False, seed=seed,
         logging_steps=max(1, eval_every), report_to="none", save_strategy="no", disable_tqdm=True)
-    data = Dataset.from_list([{"prompt": p.prompt, "label": str(p.label)} for p in train])
+    data = Dataset.from_list([{"prompt": p.prompt, "label": str(p.label)} for p in nemoh_side.train_prompts])
     trainer = GRPOTrainer(model=model, reward_funcs=score, args=args, train_dataset=data,
                           processing_class=AutoTokenizer.from_pretrained(ws), callbacks=[Eval()])
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0 - eval_time[0]
+    shutil.rmtree(work, ignore_errors=True)
     return {"before": curve[0][1], "after": curve[-1][1], "curve": curve, "wall_s": wall}
 
 

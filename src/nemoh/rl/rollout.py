@@ -106,15 +106,12 @@ def collect(backend: RolloutBackend, sampler: PromptSampler, cfg: RLConfig, seed
     return kept, stats
 
 
-def held_out_accuracy(llm: LLM, prompts: list[PromptExample], reward: RewardFn, max_tokens: int,
-                      chat_kwargs: dict | None) -> float:
-    """Greedy accuracy (reward >= 1) on held-out prompts; `chat_kwargs` None sends the prompts without a template."""
+def accuracy_of(texts: list[str], prompts: list[PromptExample], reward: RewardFn) -> float:
+    """The share of held-out prompts whose response text (one per prompt, greedy: `RolloutBackend.evaluate`)
+    scores as correct (reward >= 1)."""
     if not prompts:
         return float("nan")
-    inputs: list[Prompt] = [p.prompt for p in prompts]
-    outs = llm.generate(inputs, SamplingParams(temperature=0, max_tokens=max_tokens),
-                        chat_template_kwargs=chat_kwargs)
-    scores = [reward([o.outputs[0].text], p.label)[0] for o, p in zip(outs, prompts)]
+    scores = [reward([t], p.label)[0] for t, p in zip(texts, prompts, strict=True)]
     return sum(bool(is_correct(s)) for s in scores) / len(scores)
 
 

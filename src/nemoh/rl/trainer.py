@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..data import ErrorLog, load_prompt_examples, read_rows
-from ..parallel.parallelize import build_layout
+from ..parallel.parallelize import Layout, build_layout
 from ..tokenizer import Tokenizer
 from ..train.loop import LoopSchedule, build_training, start_run, train
 from ..train.sft import token_loss
 from .algorithms import ADVANTAGES
 from .backends import BackendContext, RolloutBackend, build_backend
 from .config import RLConfig
-from .rewards import RewardFn, is_correct
-from .rollout import PromptSampler, collect, group_stats
+from .rewards import RewardFn
+from .rollout import PromptSampler, accuracy_of, collect, group_stats
 from .stats import advantage_stats, effective_tokens
 from .tasks import TASKS, task_reward
 from .train_step import policy_update, response_logprobs
@@ -102,8 +102,7 @@ class RLTrainer:
         cfg, run = self.cfg, self.run_
         self.warm_start()  # before sharding; under torchrun every rank runs the same seeded warm start
         layout = build_layout(cfg.parallel, run.world, self.model.config) if run.world > 1 else None
-        self.backend = build_backend(cfg.rollout.backend, BackendContext(
-            cfg, self.reward, self.tok, self.chat_kwargs, self.model, run.rank, run.world, layout))
+        self.backend = self._build_backend(layout)
         if cfg.algo.kl_loss_coef > 0 or cfg.algo.log_kl:   # log_kl: the metric only (coefficient 0)
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         build_training(run, cfg.parallel, cfg.optim, cfg.train.rollouts * cfg.train.num_steps_per_rollout,
@@ -119,6 +118,22 @@ class RLTrainer:
         if out.get("already_finished"):
             return out
         return {**out, "eval_accuracy_before": self.accuracy_before, "eval_accuracy_after": out["eval_accuracy"]}
+
+    def _build_backend(self, layout: Layout | None = None) -> RolloutBackend:
+        run = self.run_
+        return build_backend(self.cfg.rollout.backend, BackendContext(
+            self.cfg, self.reward, self.tok, self.chat_kwargs, self.model, run.rank, run.world, layout))
+
+    def held_out_accuracy(self) -> float:
+        """Greedy held-out accuracy of the policy as it is now (reward >= 1 counts as correct), through the rollout
+        backend's `evaluate`; nan without held-out prompts or off rank 0. Before `run()` (a warm start alone, or a
+        checkpoint loaded to be measured: the benches) it builds the backend from the current weights."""
+        if not self.eval_prompts:
+            return float("nan")
+        if self.backend is None:
+            self.backend = self._build_backend()
+        texts = self.backend.evaluate(self.eval_prompts, self.cfg.rollout.rollout_max_response_len)
+        return float("nan") if texts is None else accuracy_of(texts, self.eval_prompts, self.reward)
 
     # ---- what the loop calls ------------------------------------------------------------------------------------
     def step(self, it: int) -> dict[str, Any]:
@@ -144,16 +159,16 @@ class RLTrainer:
         """Greedy accuracy on the held-out prompts (rank 0; {} elsewhere)."""
         if not self.run_.lead:
             return {}
-        return {"eval_accuracy": self._accuracy()}
+        return {"eval_accuracy": self.held_out_accuracy()}
 
     def first_metrics(self, start: int) -> dict[str, Any]:
-        self.accuracy_before = self._accuracy() if self.run_.lead else float("nan")
+        self.accuracy_before = self.held_out_accuracy() if self.run_.lead else float("nan")
         return {"eval_accuracy": self.accuracy_before}
 
     def final_metrics(self, last: dict[str, Any]) -> dict[str, Any]:
         if "eval_accuracy" in last:
             return {"eval_accuracy": last["eval_accuracy"]}
-        return {"eval_accuracy": self._accuracy() if self.run_.lead else float("nan")}
+        return {"eval_accuracy": self.held_out_accuracy() if self.run_.lead else float("nan")}
 
     def data_state(self) -> dict[str, int]:
         return {}
@@ -161,13 +176,3 @@ class RLTrainer:
     def restore(self, trainer_state: dict[str, Any]) -> None:
         assert self.backend is not None
         self.backend.sync_weights(self.model, int(trainer_state["step"]) * self.cfg.train.num_steps_per_rollout)
-
-    def _accuracy(self) -> float:
-        if not self.eval_prompts:
-            return float("nan")
-        assert self.backend is not None
-        texts = self.backend.evaluate(self.eval_prompts, self.cfg.rollout.rollout_max_response_len)
-        if texts is None:
-            return float("nan")
-        scores = [self.reward([t], p.label)[0] for t, p in zip(texts, self.eval_prompts)]
-        return sum(bool(is_correct(s)) for s in scores) / len(scores)
