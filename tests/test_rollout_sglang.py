@@ -75,3 +75,36 @@ def test_a_dead_server_list_and_a_bad_reply_are_clear_errors(tmp_path):
 def _tiny(tmp_path):
     from nemoh.model.tiny import init_tiny
     return init_tiny(tmp_path / "tiny", seed=0)
+
+
+def test_a_server_that_did_not_load_the_trainers_weights_is_caught_at_the_sync(tmp_path):
+    """The probe after every sync (vLLM once dropped Mamba's D on reload: NaN logits): here the server is made to
+    load a checkpoint whose D differs from the trainer's, as a buggy reload would leave it."""
+    import torch
+
+    from nemoh.rl.backends import BackendContext, build_backend
+
+    trainer = RLTrainer(load_config(None, ["--checkpoint.dir", str(tmp_path / "r"), *ARGS], cls=RLConfig),
+                        show_progress=False)
+    proc, base = start_server(trainer.run_.base_path, free_port())
+    try:
+        trainer.cfg.rollout.urls = [base]
+        ctx = BackendContext(trainer.cfg, trainer.reward, trainer.tok, trainer.chat_kwargs, trainer.model)
+        backend = build_backend("sglang", ctx)          # syncs version 0 and probes it: equal weights pass
+        bad = tmp_path / "bad"
+        with torch.no_grad():
+            mixer = trainer.model.backbone.layers[0].mixer
+            saved = mixer.D.clone()
+            mixer.D.zero_()
+            trainer.model.save_pretrained(bad)
+            mixer.D.copy_(saved)
+        reload = backend._reload
+        backend._reload = lambda url, path, version: reload(url, bad, version)   # the server loads something else
+        with pytest.raises(ServerReplyError, match=f"{base}: after loading weight version 1 .*probe"):
+            backend.sync_weights(trainer.model, 1)
+        backend._reload = reload
+        backend.sync_weights(trainer.model, 2)          # a correct reload passes again
+        backend.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

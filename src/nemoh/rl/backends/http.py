@@ -8,10 +8,14 @@ reloads weights from a folder (`_reload`). Everything else is here, once:
   sample has one slot, filled once, so a server that dies mid-rollout neither loses nor duplicates a sample;
 - a reply that is not what the protocol sends is a `ServerReplyError` naming the server;
 - weight sync goes through disk: the policy is saved as a Hub-layout checkpoint (atomic, one folder per version,
-  older versions removed once every server has the new one) and each server is told to load it.
+  older versions removed once every server has the new one) and each server is told to load it;
+- after every sync each server scores a fixed probe sequence and its log-probs must equal the trainer's within
+  `rollout.probe_tolerance`: a server that dropped or mangled a parameter on reload (vLLM once dropped Mamba's `D`:
+  NaN logits) stops the run at the sync, naming the server, instead of training on its samples.
 """
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from abc import abstractmethod
@@ -23,6 +27,7 @@ import httpx
 import torch
 
 from ...engine.llm_engine import encode_prompt
+from ...engine.scoring import sequence_logprobs
 from ..rewards import reward_text
 from ..rollout import Sample
 from .base import BackendContext, RolloutBackend
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
     from ...model import NemotronHForCausalLM
 
 RETRIES_PER_SERVER = 3
+PROBE_TOKENS = 32
 
 # One sample read back from a server: output token ids, their log-probs, finish reason ("stop" | "length"), and the
 # routed experts as (MoE layers, positions, top_k) when routing replay asked for them.
@@ -68,6 +74,10 @@ class HttpRolloutBackend(RolloutBackend):
     @abstractmethod
     def _reload(self, url: str, path: Path, version: int) -> None:
         """Tell the server at `url` to load the Hub-layout checkpoint at `path` as weight version `version`."""
+
+    @abstractmethod
+    def _probe_logprobs(self, url: str, ids: list[int]) -> list[float]:
+        """The server at `url`'s log p(ids[t] | ids[:t]) for t = 1 .. len(ids)-1, at temperature 1."""
 
     # ---- one request, retried on the other servers ---------------------------------------------------------
     def _post(self, path: str, body: dict[str, Any], first: int) -> tuple[str, Any]:
@@ -127,10 +137,32 @@ class HttpRolloutBackend(RolloutBackend):
         model.save_pretrained(path)                                     # atomic: temp dir + rename
         for url in self.urls:
             self._reload(url, path, version)
+        self._check_probe(model, version)
         for old in self.sync_dir.glob("v*"):                            # every server has the new one
             if old != path:
                 shutil.rmtree(old, ignore_errors=True)
         self.weight_version = version
+
+    def _check_probe(self, model: NemotronHForCausalLM, version: int) -> None:
+        tol = self.ctx.cfg.rollout.probe_tolerance
+        if tol <= 0:
+            return
+        gen = torch.Generator().manual_seed(0)          # a fixed sequence over the whole vocabulary
+        ids = torch.randint(0, model.config.vocab_size, (PROBE_TOKENS,), generator=gen).tolist()
+        want = sequence_logprobs(model, ids)
+        for url in self.urls:
+            try:
+                got = self._probe_logprobs(url, ids)
+            except (KeyError, TypeError, IndexError, ValueError) as e:
+                raise ServerReplyError(f"{url}: malformed reply to the weight probe ({type(e).__name__}: {e})") from e
+            if len(got) != len(want):
+                raise ServerReplyError(f"{url}: the weight probe got {len(got)} log-probs for {len(want)} tokens")
+            diff = max((abs(g - w) if math.isfinite(g) else math.inf) for g, w in zip(got, want))
+            if diff > tol:
+                raise ServerReplyError(
+                    f"{url}: after loading weight version {version} its log-probs of the probe sequence differ from "
+                    f"the trainer's by {diff:.3g} (rollout.probe_tolerance = {tol:g}): the server is not running the "
+                    "trainer's weights (a parameter dropped or changed on reload?)")
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

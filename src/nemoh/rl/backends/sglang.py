@@ -9,6 +9,7 @@ which is how this is tested on a CPU.
 from __future__ import annotations
 
 import base64
+import math
 from pathlib import Path
 
 import httpx
@@ -50,6 +51,19 @@ class SGLangBackend(HttpRolloutBackend):
             raise ValueError(f"routed_experts: {flat.size} ids do not fill ({positions}, {self.num_layers}, k)")
         full = torch.from_numpy(flat.copy()).view(positions, self.num_layers, k).long()
         return full[:, self.moe_layers].permute(1, 0, 2).contiguous()
+
+    def _probe_logprobs(self, url: str, ids: list[int]) -> list[float]:
+        """`input_token_logprobs` from position 0 (SGLang sends null for the first token, which has none)."""
+        body = {"input_ids": ids, "return_logprob": True, "logprob_start_len": 0,
+                "sampling_params": {"temperature": 1.0, "max_new_tokens": 1}}
+        try:
+            resp = self.client.post(url + "/generate", json=body)
+        except httpx.TransportError as e:
+            raise RuntimeError(f"{url}/generate (weight probe): {e}") from e
+        if resp.status_code != 200:
+            raise ServerReplyError(f"{url}/generate (weight probe): HTTP {resp.status_code}: {resp.text[:300]}")
+        rows = resp.json()["meta_info"]["input_token_logprobs"]
+        return [float(row[0]) if row[0] is not None else math.nan for row in rows[1:]]
 
     def _reload(self, url: str, path: Path, version: int) -> None:
         try:
