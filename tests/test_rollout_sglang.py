@@ -108,3 +108,47 @@ def test_a_server_that_did_not_load_the_trainers_weights_is_caught_at_the_sync(t
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_server_killed_mid_rollout_loses_and_duplicates_no_sample(tmp_path):
+    """Two servers; one is SIGKILLed while the rollout's requests are in flight. Every sample is still answered
+    exactly once (requests that met the dead server are retried on the other with the same seed), so the groups
+    equal a clean rollout on the surviving server alone, sample for sample."""
+    from nemoh.rl.backends import BackendContext, build_backend
+
+    trainer = RLTrainer(load_config(None, ["--checkpoint.dir", str(tmp_path / "r"), *ARGS], cls=RLConfig),
+                        show_progress=False)
+    survivor, victim = (start_server(trainer.run_.base_path, free_port()) for _ in range(2))
+    prompts = trainer.train_prompts[:6]
+
+    def rollout(urls, kill_after=None):
+        cfg = trainer.cfg
+        cfg.rollout.urls = urls
+        backend = build_backend("sglang", BackendContext(cfg, trainer.reward, trainer.tok, trainer.chat_kwargs,
+                                                         trainer.model))
+        if kill_after is not None:
+            calls, post = [0], backend._post
+
+            def counting_post(path, body, first):
+                calls[0] += path == "/generate"
+                if calls[0] == kill_after:
+                    victim[0].kill()                    # while earlier requests are still being answered
+                return post(path, body, first)
+            backend._post = counting_post
+        try:
+            groups, _ = backend.generate(prompts, seed=11)
+        finally:
+            backend.close()
+        return [[(s.response_ids, s.reward) for s in g] for g in groups]
+
+    try:
+        hit = rollout([victim[1], survivor[1]], kill_after=5)
+        assert victim[0].wait(timeout=30) is not None   # it did die during the rollout
+        clean = rollout([survivor[1]])
+    finally:
+        for proc, _ in (survivor, victim):
+            proc.kill()
+            proc.wait(timeout=10)
+    n = trainer.cfg.rollout.n_samples_per_prompt
+    assert [len(g) for g in hit] == [n] * len(prompts)
+    assert hit == clean
