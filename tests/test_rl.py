@@ -2,6 +2,7 @@
 failing rewards do not stop the run."""
 import copy
 
+import pytest
 import torch
 
 from nemoh import LLM, SamplingParams
@@ -96,3 +97,17 @@ def test_rollout_temperature_and_overlong_mask(tmp_path):
     # the trainer scores tokens under softmax(logits / 0.7) exactly like the engine sampled them
     assert out["logprob_diff_max"] < 1e-4
     assert out["truncation_ratio"] > 0  # 3 tokens is too short for most samples: they are masked, not trained on
+
+
+def test_stale_samples_are_refused_unless_an_off_policy_lag_is_allowed(tmp_path):
+    from nemoh.rl.rollout import Sample
+
+    def samples(*versions):
+        return [Sample([1], [2], [-1.0], 1.0, False, None, "x", weight_version=v) for v in versions]
+
+    trainer = RLTrainer(_cfg(tmp_path / "a"), show_progress=False)
+    assert trainer.version_lag(samples(4, 4), 4) == 0
+    with pytest.raises(RuntimeError, match="rollout.max_off_policy_lag: samples from weight version 3 .*lag 1 > 0"):
+        trainer.version_lag(samples(4, 3), 4)
+    lenient = RLTrainer(_cfg(tmp_path / "b", "--rollout.max_off_policy_lag", "2"), show_progress=False)
+    assert lenient.version_lag(samples(4, 2), 4) == 2

@@ -36,6 +36,8 @@ class Rollout:
     urls: list[str] = field(default_factory=list)   # backend "sglang": running servers (SGLang or `nemoh serve`)
     concurrency: int = 16               # backend "sglang": requests in flight per server
     weight_sync_dir: str = ""           # backend "sglang": where weights go for the servers (default RUN_DIR/weights)
+    max_off_policy_lag: int = 0         # optimizer steps a sample's weights may lag the policy being updated
+                                        # (0: on-policy; a staler sample stops the run with a clear error)
     probe_tolerance: float = 1e-5       # HTTP backends: after every weight sync each server scores a fixed probe
                                         # sequence; its log-probs must equal the trainer's within this (fp32 on a
                                         # CPU: 1e-5; bf16 servers on GPUs need ~5e-2; 0 turns the check off)

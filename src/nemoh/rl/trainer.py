@@ -25,7 +25,7 @@ from .algorithms import ADVANTAGES
 from .backends import BackendContext, RolloutBackend, build_backend
 from .config import RLConfig
 from .rewards import RewardFn
-from .rollout import PromptSampler, accuracy_of, collect, group_stats
+from .rollout import PromptSampler, Sample, accuracy_of, collect, group_stats
 from .stats import advantage_stats, effective_tokens
 from .tasks import TASKS, task_reward
 from .train_step import policy_update, response_logprobs
@@ -143,6 +143,7 @@ class RLTrainer:
         groups, roll = collect(backend, self.sampler, cfg, cfg.train.seed + it)
         roll["reward_failures"] = backend.reward_failures()
         samples = [s for g in groups for s in g]
+        roll["weight_version_lag"] = self.version_lag(samples, it * cfg.train.num_steps_per_rollout)
         adv = self.advantage(torch.tensor([s.reward for s in samples]), cfg.rollout.n_samples_per_prompt,
                              cfg.algo.normalize_advantage_std)
         for s, v in zip(samples, adv.tolist()):
@@ -154,6 +155,17 @@ class RLTrainer:
         t0 = time.perf_counter()
         backend.sync_weights(self.model, (it + 1) * cfg.train.num_steps_per_rollout)
         return {**group_stats(groups), **roll, **stats, "time_weight_update": time.perf_counter() - t0}
+
+    def version_lag(self, samples: list[Sample], version: int) -> int:
+        """Optimizer steps between the stalest sample's weights and the policy about to be updated; above
+        `rollout.max_off_policy_lag` the samples are refused (their log-probs belong to another policy)."""
+        lag = max(version - s.weight_version for s in samples)
+        if lag > self.cfg.rollout.max_off_policy_lag:
+            stale = min(s.weight_version for s in samples)
+            raise RuntimeError(f"rollout.max_off_policy_lag: samples from weight version {stale} reached the policy at "
+                               f"version {version} (lag {lag} > {self.cfg.rollout.max_off_policy_lag}): the rollout "
+                               "weights were not synced; raise max_off_policy_lag to train off-policy on purpose")
+        return lag
 
     def evaluate(self) -> dict[str, Any]:
         """Greedy accuracy on the held-out prompts (rank 0; {} elsewhere)."""
