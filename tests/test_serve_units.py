@@ -57,7 +57,13 @@ def test_launcher_commands(tmp_path):
     cmd, _ = build_command("sglang", tmp_path / "m", tensor_parallel_size=2)
     line = " ".join(cmd)
     assert "sglang.launch_server" in line and "--tp-size 2" in line and "--mamba-ssm-dtype float32" in line
-    assert "--kv-cache-dtype fp8_e4m3" in line
+    assert "--kv-cache-dtype fp8_e4m3" in line and "--reasoning-parser nemotron_3" in line
+    assert "--tool-call-parser qwen3_coder" in line and "--enable-return-routed-experts" not in line
+    # a rollout server for nemoh rl: routed experts per token (R3); vLLM's weight endpoints need its dev mode
+    cmd, _ = build_command("sglang", tmp_path / "m", rl=True)
+    assert "--enable-return-routed-experts" in cmd
+    cmd, env = build_command("vllm", tmp_path / "m", rl=True)
+    assert "--enable-return-routed-experts" in cmd and env["VLLM_SERVER_DEV_MODE"] == "1"
     with pytest.raises(ValueError, match="tensor-parallel-size"):
         build_command("vllm", tmp_path / "m", tensor_parallel_size=3)
     with pytest.raises(ValueError, match="--engine"):

@@ -38,6 +38,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="nemoh", choices=["nemoh", "vllm", "sglang"])
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm/sglang only")
     p.add_argument("--dry-run", action="store_true", help="vllm/sglang: print the command instead of running it")
+    p.add_argument("--rl", action="store_true",
+                   help="vllm/sglang: a rollout server for nemoh rl (routed experts per token; vLLM's dev-mode weight "
+                        "endpoints)")
     p.add_argument("--max-body-bytes", type=int, default=8 * 2**20, help="request bodies above this get 413")
     p.add_argument("--prepare-processes", type=int, default=2,
                    help="worker processes that parse, render and tokenise bodies above 256 KiB (0: threads only)")
@@ -50,7 +53,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.engine != "nemoh":
         from ..serve import build_command
         cmd, env = build_command(args.engine, args.path, args.host, args.port, name, args.tensor_parallel_size,
-                                 args.max_model_len)
+                                 args.max_model_len, rl=args.rl)
         line = " ".join([*(f"{k}={v}" for k, v in env.items()), shlex.join(cmd)])
         if args.dry_run:
             print(line)

@@ -18,7 +18,7 @@ def _is_fp8(path: Path, config: NemotronHConfig) -> bool:
 
 
 def vllm_command(path: Path, config: NemotronHConfig, host: str, port: int, name: str, tp: int,
-                 max_model_len: int | None) -> tuple[list[str], dict[str, str]]:
+                 max_model_len: int | None, rl: bool = False) -> tuple[list[str], dict[str, str]]:
     cmd = ["vllm", "serve", str(path), "--host", host, "--port", str(port), "--served-model-name", name,
            "--trust-remote-code", "--async-scheduling", "--tensor-parallel-size", str(tp),
            # vLLM defaults the Mamba SSM cache to bf16, which costs accuracy; keep the state fp32
@@ -36,22 +36,26 @@ def vllm_command(path: Path, config: NemotronHConfig, host: str, port: int, name
         env.update({"VLLM_USE_FLASHINFER_MOE_FP8": "1", "VLLM_FLASHINFER_MOE_BACKEND": "throughput"})
     if "moe" in config.block_types and tp > 1:
         cmd += ["--enable-expert-parallel"]
+    if rl:      # rollouts for nemoh rl: routed experts per token (R3) and the weight-transfer endpoints (dev mode)
+        cmd += ["--enable-return-routed-experts"]
+        env["VLLM_SERVER_DEV_MODE"] = "1"
     return cmd, env
 
 
 def sglang_command(path: Path, config: NemotronHConfig, host: str, port: int, name: str, tp: int,
-                   max_model_len: int | None) -> tuple[list[str], dict[str, str]]:
+                   max_model_len: int | None, rl: bool = False) -> tuple[list[str], dict[str, str]]:
     cmd = ["python", "-m", "sglang.launch_server", "--model-path", str(path), "--host", host, "--port", str(port),
            "--served-model-name", name, "--trust-remote-code", "--tp-size", str(tp),
            "--mamba-ssm-dtype", "float32", "--tool-call-parser", "qwen3_coder",
-           # SGLang's qwen3 reasoning parser splits <think>...</think>, the tags Nemotron-3 uses
-           "--reasoning-parser", "qwen3"]
+           "--reasoning-parser", "nemotron_3"]     # SGLang's parser for Nemotron-3's <think> (enable_thinking)
     if max_model_len:
         cmd += ["--context-length", str(max_model_len)]
     if _is_fp8(path, config):
         cmd += ["--kv-cache-dtype", "fp8_e4m3"]
     if "moe" in config.block_types and tp > 1:
         cmd += ["--ep-size", str(tp)]
+    if rl:      # rollouts for nemoh rl: routed experts per token over all layers (R3)
+        cmd += ["--enable-return-routed-experts"]
     return cmd, {}
 
 
@@ -59,7 +63,8 @@ LAUNCHERS: dict[str, Callable[..., tuple[list[str], dict[str, str]]]] = {"vllm":
 
 
 def build_command(engine: str, path: str | Path, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
-                  tensor_parallel_size: int = 1, max_model_len: int | None = None) -> tuple[list[str], dict[str, str]]:
+                  tensor_parallel_size: int = 1, max_model_len: int | None = None,
+                  rl: bool = False) -> tuple[list[str], dict[str, str]]:
     if engine not in LAUNCHERS:
         raise ValueError(f"--engine: unknown {engine!r}; choose one of {sorted(LAUNCHERS)} or 'nemoh'")
     path = Path(path)
@@ -67,4 +72,4 @@ def build_command(engine: str, path: str | Path, host: str = "127.0.0.1", port: 
     if config.num_attention_heads % tensor_parallel_size:
         raise ValueError(f"--tensor-parallel-size: {tensor_parallel_size} does not divide "
                          f"num_attention_heads={config.num_attention_heads}")
-    return LAUNCHERS[engine](path, config, host, port, name or path.name, tensor_parallel_size, max_model_len)
+    return LAUNCHERS[engine](path, config, host, port, name or path.name, tensor_parallel_size, max_model_len, rl)
