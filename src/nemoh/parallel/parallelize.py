@@ -142,11 +142,11 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int, layout: 
     from ..model.moe import Experts
     from .expert_parallel import apply_ep
     from .tensor_parallel import apply_tp
+    lm = cast(NemotronHForCausalLM, model)
     if layout is None:
-        layout = build_layout(cfg, world_size, getattr(model, "config", None))
+        layout = build_layout(cfg, world_size, lm.config)
     cfg, mesh = layout.cfg, layout.mesh
     assert mesh is not None  # build_layout always builds a mesh
-    lm = cast(NemotronHForCausalLM, model)
     hsdp = cfg.dp_replicate > 1                                   # then FSDP meshes are 2-D: (replicate, shard)
     dense_mesh = mesh["dp_replicate", "dp_shard_ep"] if hsdp else mesh["dp_shard_ep"]
     expert_mesh = mesh["dp_replicate", "dp_shard"] if hsdp else mesh["dp_shard"]
@@ -161,22 +161,20 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, world_size: int, layout: 
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if cfg.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
-    from ..model.model import FP32_PARAM_SUFFIXES
     # FSDP2 wants one dtype per group and would cast every parameter for compute under mixed precision; the
     # parameters that are fp32 by design (Mamba's A_log/D/dt_bias, the router) are small, so FSDP leaves them alone:
     # replicated over the data ranks, their gradients summed by sync_replicated_grads (called by clip_grad_norm)
-    fp32 = {p for n, p in model.named_parameters() if n.endswith(FP32_PARAM_SUFFIXES)}
+    fp32 = {p for n, p in model.named_parameters() if n.endswith(lm.keep_in_fp32)}
     sharded = []
-    mtp = getattr(model, "mtp", None)
-    blocks = list(lm.backbone.layers) + (list(mtp.layers) if mtp else [])
+    blocks = list(lm.backbone.layers) + (list(lm.mtp.layers) if lm.mtp is not None else [])
     for block in blocks:
         for m in block.modules():  # experts first, over dp_shard only: ep already splits them
             if isinstance(m, Experts):
                 sharded.append(fully_shard(m, mesh=expert_mesh, **kwargs))
         sharded.append(fully_shard(block, mesh=dense_mesh, ignored_params=fp32, **kwargs))
     sharded.append(fully_shard(model, mesh=dense_mesh, ignored_params=fp32, **kwargs))
-    for m in sharded:  # a plain SUM (gloo has no PREMUL_SUM)
-        m.set_gradient_divide_factor(1.0)
-        m.set_force_sum_reduction_for_comms(True)
+    for unit in sharded:  # a plain SUM (gloo has no PREMUL_SUM)
+        unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)
     lm.parallel_layout = layout
     return layout
