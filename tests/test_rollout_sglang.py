@@ -152,3 +152,26 @@ def test_a_server_killed_mid_rollout_loses_and_duplicates_no_sample(tmp_path):
     n = trainer.cfg.rollout.n_samples_per_prompt
     assert [len(g) for g in hit] == [n] * len(prompts)
     assert hit == clean
+
+
+def _alive(marker: str) -> list[str]:
+    import subprocess
+    r = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    return r.stdout.split()
+
+
+def test_launch_starts_the_servers_and_stops_them(tmp_path):
+    """`rollout.launch = 2`: the trainer starts two `nemoh serve` processes on its warm-started weights, trains
+    against them (probe checks included) and leaves no process behind; a server that cannot start is an error
+    naming its log file, and the ones already started are stopped too."""
+    run = tmp_path / "launch"
+    rows = _run(run, "--rollout.backend", "sglang", "--rollout.launch", "2", "--train.rollouts", "2")
+    assert len(rows) == 2 and all(r["weight_version_lag"] == 0 for r in rows)
+    assert sorted(p.name for p in (run / "servers").iterdir()) == ["server0.log", "server1.log"]
+    assert _alive(str(run / "weights")) == []
+    bad = tmp_path / "bad"
+    cfg = load_config(None, ["--checkpoint.dir", str(bad), *ARGS, "--rollout.backend", "sglang",
+                             "--rollout.launch", "2", "--rollout.launch_args", "--no-such-flag"], cls=RLConfig)
+    with pytest.raises(RuntimeError, match=r"rollout.launch: the server for http://127.0.0.1:\d+ exited .*server0.log"):
+        RLTrainer(cfg, show_progress=False).run()
+    assert _alive(str(bad / "weights")) == []

@@ -36,6 +36,10 @@ class Rollout:
     urls: list[str] = field(default_factory=list)   # backend "sglang": running servers (SGLang or `nemoh serve`)
     concurrency: int = 16               # backend "sglang": requests in flight per server
     weight_sync_dir: str = ""           # backend "sglang": where weights go for the servers (default RUN_DIR/weights)
+    launch: int = 0                     # HTTP backends: start this many servers (instead of urls) and stop them
+                                        # at the end; logs in RUN_DIR/servers/
+    launch_engine: str = "nemoh"        # what `launch` starts: nemoh (nemoh serve) | sglang | vllm (with --rl flags)
+    launch_args: str = ""               # extra server flags for `launch`, one shell-quoted string
     max_off_policy_lag: int = 0         # optimizer steps a sample's weights may lag the policy being updated
                                         # (0: on-policy; a staler sample stops the run with a clear error)
     probe_tolerance: float = 1e-5       # HTTP backends: after every weight sync each server scores a fixed probe
@@ -118,9 +122,12 @@ class RLConfig:
                                      ("algo.loss_agg", a.loss_agg, AGGREGATIONS),
                                      ("algo.overlong", a.overlong, ("none", "mask", "penalty")),
                                      ("rollout.backend", r.backend, ROLLOUT_BACKENDS),
-                                     ("rollout.engines", r.engines, PLACEMENTS)):
+                                     ("rollout.engines", r.engines, PLACEMENTS),
+                                     ("rollout.launch_engine", r.launch_engine, ("nemoh", "sglang", "vllm"))):
             if value not in allowed:
                 raise ValueError(f"{name}: unknown {value!r}; choose one of {sorted(allowed)}")
+        if r.launch < 0:
+            raise ValueError(f"rollout.launch: expected a number of servers >= 0, got {r.launch}")
         if a.advantage_estimator in ("grpo", "gspo") and r.n_samples_per_prompt < 2:
             raise ValueError("rollout.n_samples_per_prompt: group advantages need at least 2 samples per prompt")
 

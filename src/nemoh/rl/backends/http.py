@@ -31,6 +31,7 @@ from ...engine.scoring import sequence_logprobs
 from ..rewards import reward_text
 from ..rollout import Sample
 from .base import BackendContext, RolloutBackend
+from .launch import LaunchedServers, launch_servers
 
 if TYPE_CHECKING:
     from ...data.prompts import PromptExample
@@ -54,17 +55,31 @@ class HttpRolloutBackend(RolloutBackend):
     def __init__(self, ctx: BackendContext):
         super().__init__(ctx)
         r = ctx.cfg.rollout
-        if not r.urls:
-            raise ValueError(f"rollout.urls: the {r.backend} backend needs at least one server URL (http://host:port)")
         if ctx.world > 1:
             raise NotImplementedError(f"rollout.backend = {r.backend} runs in one trainer process (no torchrun)")
-        self.urls = [u.rstrip("/") for u in r.urls]
+        if r.launch and r.urls:
+            raise ValueError("rollout.launch: give rollout.urls (running servers) or rollout.launch (start them), "
+                             "not both")
+        if not r.urls and not r.launch:
+            raise ValueError(f"rollout.urls: the {r.backend} backend needs at least one server URL (http://host:port)"
+                             " or rollout.launch = N")
         self.sync_dir = Path(r.weight_sync_dir or Path(ctx.cfg.checkpoint.dir) / "weights")
+        self.launched: LaunchedServers | None = None
+        if r.launch:                             # servers of our own, started on the trainer's current weights
+            start = self.sync_dir / "v000000"
+            ctx.model.save_pretrained(start)
+            self.launched = launch_servers(r.launch, start, r.launch_engine, r.launch_args,
+                                           Path(ctx.cfg.checkpoint.dir) / "servers")
+        self.urls = [u.rstrip("/") for u in (self.launched.urls if self.launched else r.urls)]
         self.client = httpx.Client(timeout=httpx.Timeout(600.0, connect=10.0))
         self.pool = ThreadPoolExecutor(max_workers=max(1, r.concurrency) * len(self.urls))
         self.moe_layers = list(ctx.model.moe_layers)
         self.num_layers = ctx.model.config.num_hidden_layers
-        self.sync_weights(ctx.model, 0)          # the servers start from the trainer's weights (after its warm start)
+        try:
+            self.sync_weights(ctx.model, 0)      # the servers start from the trainer's weights (after its warm start)
+        except BaseException:
+            self.close()
+            raise
 
     # ---- the protocol, per subclass ----------------------------------------------------------------------
     @abstractmethod
@@ -167,3 +182,6 @@ class HttpRolloutBackend(RolloutBackend):
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
+        if self.launched is not None:
+            self.launched.stop()
+            self.launched = None
