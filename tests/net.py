@@ -1,11 +1,13 @@
 """Networking helpers for tests: a free TCP port on 127.0.0.1 (for a server or a torchrun rendezvous: port 0 would
 hang torchrun), and a live `nemoh serve` subprocess started and waited for until /health answers."""
+import json
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -51,3 +53,13 @@ def serving(path: str | Path, *args: str) -> Iterator[tuple[subprocess.Popen, st
         yield proc, base
     finally:
         stop_server(proc)
+
+
+def send_json(handler: BaseHTTPRequestHandler, body: object, status: int = 200) -> None:
+    """Answer a stand-in server's request (an http.server handler) with `body` as JSON."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)

@@ -11,7 +11,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from net import free_port
+from net import free_port, send_json
 
 from nemoh.cli.main import main as cli
 from nemoh.kernels import (
@@ -243,12 +243,7 @@ class _Flaky(BaseHTTPRequestHandler):
         reply = {"choices": [{"message": {"role": "assistant", "content": f"```python\n{sol}```",
                                           "reasoning_content": f"think at T={body['temperature']}"},
                               "finish_reason": "stop"}], "usage": {"completion_tokens": 5}}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, reply)
 
     def log_message(self, *args):
         pass

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import torch
-from net import free_port
+from net import free_port, send_json
 
 from nemoh.rl.backends import BackendContext, build_backend
 from nemoh.rl.backends.sglang import ServerReplyError
@@ -30,12 +30,7 @@ class StandIn(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         body = {"success": True, "message": "Succeeded to update model weights."} \
             if self.path == "/update_weights_from_disk" else type(self).reply
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, body)
 
     def log_message(self, *args):
         pass
