@@ -33,9 +33,9 @@ class Rollout:
     backend: str = "engine"             # where rollouts run: a name in nemoh.rl.backends.ROLLOUT_BACKENDS
     engines: str = "rank0"              # backend "engine" under torchrun: rank0 (one engine, rollouts as in one
                                         # process) | data_ranks (one engine per data rank, each generating its share)
-    urls: list[str] = field(default_factory=list)   # backend "sglang": running servers (SGLang or `nemoh serve`)
-    concurrency: int = 16               # backend "sglang": requests in flight per server
-    weight_sync_dir: str = ""           # backend "sglang": where weights go for the servers (default RUN_DIR/weights)
+    urls: list[str] = field(default_factory=list)   # backends "sglang" | "vllm": running servers (or `nemoh serve`)
+    concurrency: int = 16               # HTTP backends: requests in flight per server
+    weight_sync_dir: str = ""           # HTTP backends: where weights go for the servers (default RUN_DIR/weights)
     launch: int = 0                     # HTTP backends: start this many servers (instead of urls) and stop them
                                         # at the end; logs in RUN_DIR/servers/
     launch_engine: str = "nemoh"        # what `launch` starts: nemoh (nemoh serve) | sglang | vllm (with --rl flags)
