@@ -459,3 +459,34 @@ def test_a_large_body_prepared_in_a_worker_process_gets_the_same_answer(server):
     assert answers[0]["choices"] == answers[1]["choices"] and answers[0]["usage"] == answers[1]["usage"]
     assert answers[0]["choices"][0]["message"]["content"] == "\nHello there!"
     assert errors[0] == errors[1] and errors[0]["error"]["param"] == "messages[1].role"
+
+
+def test_preparation_workers_leave_with_a_killed_server(tmp_path):
+    """A server SIGKILLed (no shutdown) must not leave its body-preparation worker processes behind."""
+    from net import start_server, stop_server  # noqa: I001
+    path = build_scripted(tmp_path / "tiny")
+    proc, base = start_server(path, "--served-model-name", "tiny", "--max-model-len", "1024")
+    try:
+        body = {"model": "tiny", "messages": SCRIPTS[0][0], "max_tokens": 1}
+        raw = json.dumps(body).encode()[:-1] + b" " * 300_000 + b"}"
+        httpx.post(base + "/v1/chat/completions", content=raw, timeout=300).raise_for_status()
+        workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == proc.pid
+                   and b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert workers, "the padded body went through a worker process"
+    finally:
+        proc.kill()
+        stop_server(proc)
+    deadline = time.monotonic() + 60          # each worker checks its parent once a second
+    while any(Path(f"/proc/{w}").exists() and _parent(w) != 0 for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists() and _parent(w) != 0]
+
+
+def _parent(pid: int) -> int:
+    """The parent pid of a live process; 0 once it is gone (or a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = stat.rsplit(")", 1)[1].split()
+    return 0 if fields[0] == "Z" else int(fields[1])

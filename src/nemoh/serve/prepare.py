@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -116,9 +118,18 @@ KINDS: dict[str, Callable[[RequestPrep, bytes], Prepared]] = {
 _WORKER: RequestPrep | None = None       # a worker process's own RequestPrep (set by _init_worker)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A server killed without its shutdown (SIGKILL, a crash) cannot stop its workers: each worker leaves when its
+    parent is gone instead of waiting on a queue nobody writes to (hundreds of MB each)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
 def _init_worker(prep: RequestPrep) -> None:
     global _WORKER
     _WORKER = prep
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     os.nice(5)   # preparing a body is batch work: on a busy CPU the server's event loop and engine thread go first
     try:  # compile the chat template once per worker, not on its first request
         prep.tok.apply_chat_template([{"role": "user", "content": "hi"}])
